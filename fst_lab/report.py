@@ -1,0 +1,118 @@
+"""Tables and PNG plots comparing run directories (reads them through the pure loaders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from fst_lab.metrics import curve
+from fst_lab.runs import load_run
+
+
+def summary_rows(run_dirs: Sequence[str | Path]) -> list[dict]:
+    rows = []
+    for d in run_dirs:
+        run = load_run(d)
+        ev = [m for m in run.metrics if m.get("kind") == "eval"]
+        slow = [m for m in run.metrics if m.get("kind") == "slow"]
+        fast = [m for m in run.metrics if m.get("kind") == "fast"]
+        c = run.state.get("counters", {})
+        kls = [m.get("kl") for m in slow if m.get("kl") is not None]
+        rows.append({
+            "run": run.name, "mode": run.config.get("mode"), "task": run.config.get("task"),
+            "cycles": c.get("cycle", 0), "rl_steps": c.get("rl_step", 0), "fast_rounds": c.get("fast_round", 0),
+            "samples_rl": c.get("samples_rl", 0), "samples_fast": c.get("samples_fast", 0),
+            "val_first": ev[0]["reward"] if ev else None, "val_last": ev[-1]["reward"] if ev else None,
+            "val_max": max(m["reward"] for m in ev) if ev else None,
+            "train_reward_last": slow[-1].get("reward") if slow else None,
+            "kl_last": kls[-1] if kls else None,
+            "best_fast_val": max((m.get("best_val") or 0) for m in fast) if fast else None,
+            "population": len(run.state.get("population", [])),
+        })
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no runs)"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = "runs/compare") -> tuple[str, list[Path]]:
+    """Markdown table + PNGs: reward vs samples (running max), KL vs reward, per-stage curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(d) for d in run_dirs]
+    plots = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        xs, ys = curve(run.metrics, key="reward", kind="eval")
+        if xs:
+            ax.plot(xs, ys, marker="o", label=f"{run.name} (val, running max)")
+        xs, ys = curve(run.metrics, key="reward", kind="slow", running=False)
+        if xs:
+            ax.plot(xs, ys, alpha=0.4, linestyle="--", label=f"{run.name} (train)")
+    ax.set_xlabel("samples (RL rollouts + fast-loop metric calls)")
+    ax.set_ylabel("reward")
+    ax.set_title("Reward vs samples")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = out / "reward_vs_samples.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    plots.append(p)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        pts = [(m.get("kl"), m.get("reward")) for m in run.metrics
+               if m.get("kind") == "slow" and m.get("kl") is not None and m.get("reward") is not None]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=run.name, s=14)
+    ax.set_xlabel("KL(policy || base)")
+    ax.set_ylabel("train reward")
+    ax.set_title("KL vs reward")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = out / "kl_vs_reward.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    plots.append(p)
+
+    if any(len({m.get("stage", 0) for m in r.metrics}) > 1 for r in runs):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for run in runs:
+            for stage in sorted({m.get("stage", 0) for m in run.metrics}):
+                pts = [(m["rl_step"], m["reward"]) for m in run.metrics
+                       if m.get("kind") == "slow" and m.get("stage", 0) == stage and m.get("reward") is not None]
+                if pts:
+                    task = next((m.get("task") for m in run.metrics if m.get("stage", 0) == stage), stage)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"{run.name}: {task}")
+        ax.set_xlabel("RL step")
+        ax.set_ylabel("train reward")
+        ax.set_title("Per-stage curves")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = out / "per_stage.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        plots.append(p)
+    return markdown_table(summary_rows(run_dirs)), plots

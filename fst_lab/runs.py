@@ -1,0 +1,248 @@
+"""Run directories: layout, atomic writes, and *pure* loaders for notebooks and the app.
+
+Nothing here imports torch, transformers, TRL or GEPA, and nothing is ever unpickled: loading
+someone else's run directory reads only JSON, JSONL and YAML (``yaml.safe_load``).
+
+Layout (human-readable first; JSONL is the source of truth)::
+
+    RUN/
+      config.yaml                 the FSTConfig that started the run
+      state.json                  counters + live population ids (rewritten atomically at each boundary)
+      metrics.jsonl               one JSON object per slow step / fast round / evaluation
+      events.jsonl                lifecycle: start, resume, fast, slow, edit, eval, stop, error
+      harnesses/all/<id>.yaml     every harness ever seen (the lineage store), by content id
+      harnesses/current/*.yaml    the live population — edit these by hand mid-run
+      populations/cycle_0001.yaml population snapshot at the end of each cycle (ids, scores, lineage)
+      checkpoints/step_000012/    adapter (safetensors) + optimizer/scheduler/RNG state
+      rollouts/*.jsonl            sample trajectories (for the rollout browsers)
+      fast/round_0001/            GEPA's own run dir (contains pickles: never loaded by fst_lab's loaders)
+      stop                        create this file to stop the run cleanly at the next boundary
+
+    >>> from fst_lab.runs import list_runs, load_run
+    >>> run = load_run("runs/demo")
+    >>> run.metrics[-1], run.population()[0].system_prompt
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from fst_lab.harness import Harness, HarnessError, atomic_write_text
+
+STATE = "state.json"
+METRICS = "metrics.jsonl"
+EVENTS = "events.jsonl"
+CONFIG = "config.yaml"
+STOP = "stop"
+
+
+class RunDirError(ValueError):
+    """A run directory is missing, outside the allowed root, or unreadable."""
+
+
+# ---------------------------------------------------------------------------- writes
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, obj: dict) -> None:
+    """Append one line and fsync. A crash can leave at most a torn *last* line, which readers skip."""
+    line = json.dumps(obj, default=_json_default, ensure_ascii=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_default(o):
+    if hasattr(o, "to_json"):
+        return o.to_json()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    try:
+        import numpy as np  # noqa: F401
+
+        if hasattr(o, "item"):
+            return o.item()
+    except Exception:
+        pass
+    return str(o)
+
+
+# ---------------------------------------------------------------------------- reads
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All complete lines of a JSONL file; a torn last line (crash mid-append) is skipped."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+    return out
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    p = Path(path)
+    if not p.exists():
+        return default
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def safe_run_path(run: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """Resolve ``run`` inside ``root``; refuse anything outside it (``../../etc``, symlinks out)."""
+    root_r = Path(root).resolve()
+    cand = Path(run)
+    if not cand.is_absolute():
+        cand = root_r / cand
+    resolved = cand.resolve()
+    if resolved != root_r and root_r not in resolved.parents:
+        raise RunDirError(f"refused: '{run}' is outside the runs root '{root_r}'")
+    return resolved
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / CONFIG).exists() and ((p / EVENTS).exists() or (p / STATE).exists())
+
+
+def list_runs(root: str | os.PathLike = "runs") -> list[Path]:
+    """Run directories directly (or one level) under ``root``, newest first."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and is_run_dir(p)]
+    for sub in root.iterdir():
+        if sub.is_dir() and not is_run_dir(sub):
+            found += [p for p in sub.iterdir() if p.is_dir() and is_run_dir(p)]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+@dataclass
+class RunView:
+    """A read-only view of a run directory (no training imports, no pickles)."""
+
+    path: Path
+    config: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def harness(self, hid: str) -> Harness:
+        p = self.path / "harnesses" / "all" / f"{hid}.yaml"
+        if not p.exists():
+            raise RunDirError(f"{self.path}: no harness with id {hid}")
+        return Harness.load(p)
+
+    def all_harnesses(self) -> dict[str, Harness]:
+        out = {}
+        for p in sorted((self.path / "harnesses" / "all").glob("*.yaml")):
+            try:
+                h = Harness.load(p)
+            except HarnessError:
+                continue
+            out[p.stem] = h
+        return out
+
+    def cycles(self) -> list[int]:
+        return sorted(int(p.stem.split("_")[1]) for p in (self.path / "populations").glob("cycle_*.yaml"))
+
+    def population_record(self, cycle: int | None = None) -> dict:
+        """The population snapshot of a cycle (latest if None): ids, scores, lineage."""
+        if cycle is None:
+            ids = self.state.get("population", [])
+            return {"cycle": self.state.get("cycle", 0), "members": [{"id": i} for i in ids],
+                    "scores": self.state.get("population_scores", {})}
+        p = self.path / "populations" / f"cycle_{cycle:04d}.yaml"
+        if not p.exists():
+            raise RunDirError(f"{self.path}: no population for cycle {cycle} (have {self.cycles()})")
+        return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+
+    def population(self, cycle: int | None = None) -> list[Harness]:
+        rec = self.population_record(cycle)
+        return [self.harness(m["id"]) for m in rec.get("members", [])]
+
+    def seed_harness(self) -> Harness | None:
+        for h in self.all_harnesses().values():
+            if h.lineage.origin == "seed":
+                return h
+        return None
+
+    def best_harness(self, cycle: int | None = None) -> Harness | None:
+        rec = self.population_record(cycle)
+        members = rec.get("members", [])
+        if not members:
+            return None
+        scores = rec.get("scores", {}) or {}
+        best = max(members, key=lambda m: (scores.get(m["id"], m.get("score", -1.0)) or -1.0))
+        return self.harness(best["id"])
+
+    def lineage_edges(self) -> list[dict]:
+        """[{id, name, origin, round, parents}] for every harness of the run."""
+        return [{"id": hid, "name": h.name, "origin": h.lineage.origin, "round": h.lineage.round,
+                 "parents": list(h.lineage.parents), "note": h.lineage.note}
+                for hid, h in self.all_harnesses().items()]
+
+    def latest_checkpoint(self) -> Path | None:
+        name = self.state.get("checkpoint")
+        if name and (self.path / "checkpoints" / name).exists():
+            return self.path / "checkpoints" / name
+        return None
+
+    def series(self, kind: str, key: str, x: str = "samples") -> tuple[list[float], list[float]]:
+        """(xs, ys) of metric ``key`` over records of ``kind`` (``slow``, ``fast``, ``eval``)."""
+        xs, ys = [], []
+        for m in self.metrics:
+            if m.get("kind") == kind and m.get(key) is not None and m.get(x) is not None:
+                xs.append(m[x])
+                ys.append(m[key])
+        return xs, ys
+
+    def rollouts(self, limit: int = 200) -> list[dict]:
+        out: list[dict] = []
+        for p in sorted((self.path / "rollouts").glob("*.jsonl"), reverse=True):
+            out.extend(read_jsonl(p))
+            if len(out) >= limit:
+                break
+        return out[:limit]
+
+
+def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> RunView:
+    """Read a run directory (optionally confined to ``root``). Pure: JSON/YAML only."""
+    p = safe_run_path(path, root) if root is not None else Path(path)
+    if not p.exists():
+        raise RunDirError(f"no run directory at {p}")
+    if not (p / CONFIG).exists():
+        raise RunDirError(f"{p} is not a run directory (no {CONFIG})")
+    config = yaml.safe_load((p / CONFIG).read_text(encoding="utf-8")) or {}
+    return RunView(path=p, config=config, state=read_json(p / STATE, {}) or {},
+                   metrics=read_jsonl(p / METRICS), events=read_jsonl(p / EVENTS))
+
+
+def running_max(values: Iterable[float]) -> list[float]:
+    out, best = [], float("-inf")
+    for v in values:
+        best = max(best, v)
+        out.append(best)
+    return out
