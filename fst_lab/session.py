@@ -560,6 +560,11 @@ class Session:
         self._stop.set()
         self._unpaused.set()
 
+    def clear_stop(self) -> None:
+        """Forget an earlier stop request (and RUN/stop) so the next fast/slow step runs again."""
+        self._stop.clear()
+        (self.run_dir / STOP).unlink(missing_ok=True)
+
     def pause(self) -> None:
         self._unpaused.clear()
         self._event("pause")

@@ -61,7 +61,7 @@ class Entity:
     def describe(self) -> str:
         f = self.facts
         if self.kind == "person":
-            return f"{self.name}: a person. Born in {f['born_in']}. Works as a {f['occupation']}."
+            return f"{self.name}: a person. Born in {f['born_in']}. Works as {_a(f['occupation'])}."
         if self.kind == "town":
             return f"{self.name}: a town in {f['region']}. It lies on {f['river']}."
         if self.kind == "river":
@@ -73,7 +73,8 @@ class Entity:
 class Corpus:
     """A seeded encyclopedia: people, towns, rivers, companies, each with functional facts."""
 
-    def __init__(self, seed: int = 0, n_people: int = 60, n_towns: int = 24, n_rivers: int = 8, n_companies: int = 24):
+    def __init__(self, seed: int = 0, n_people: int = 120, n_towns: int = 40, n_rivers: int = 12,
+                 n_companies: int = 60):
         rng = random.Random(f"hover-corpus|seed={seed}")
         used: set[str] = set()
 
@@ -122,6 +123,10 @@ class Corpus:
         if not hits:
             return f"No results for '{query}'."
         return "\n".join(e.describe() for e in hits)
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def _norm(s: str) -> str:
@@ -178,7 +183,7 @@ class HoverTask(GeneratedTask):
                     town = p.facts["born_in"] if true else pick_other(towns, p.facts["born_in"])
                     return f"{p.name} was born in {town}.", label, self._meta([p.name], [p.describe()])
                 job = p.facts["occupation"] if true else pick_other(_OCCUPATIONS, p.facts["occupation"])
-                return f"{p.name} works as a {job}.", label, self._meta([p.name], [p.describe()])
+                return f"{p.name} works as {_a(job)}.", label, self._meta([p.name], [p.describe()])
             if kind in ("founder", "hq", "year"):
                 co = rng.choice(c.companies)
                 if kind == "founder":
@@ -210,7 +215,7 @@ class HoverTask(GeneratedTask):
                     town = p.facts["born_in"] if true else pick_other(towns, p.facts["born_in"])
                     return f"The founder of {co.name} was born in {town}.", label, self._meta(chain, ev)
                 job = p.facts["occupation"] if true else pick_other(_OCCUPATIONS, p.facts["occupation"])
-                return f"The founder of {co.name} works as a {job}.", label, self._meta(chain, ev)
+                return f"The founder of {co.name} works as {_a(job)}.", label, self._meta(chain, ev)
             if kind == "born_river":
                 p = rng.choice(c.people)
                 t = by[p.facts["born_in"]]

@@ -1,0 +1,227 @@
+"""The notebook dashboard, driven the way JupyterLab drives it: button clicks, then ``wait()``.
+
+A tiny random-init policy keeps every step to a second or two; one session is shared by the module
+(each test compares before/after instead of assuming a fresh run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fst_lab import FSTConfig, Session
+from fst_lab.harness import Harness, HarnessError
+from fst_lab.ui import Dashboard
+from fst_lab.ui import render
+from fst_lab.ui.editor import TOOLS_JSON, build_edit, editor_texts
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(root, **kw) -> FSTConfig:
+    base = dict(task="math", cycles=1, steps_per_cycle=1, population_size=2, num_generations=2, prompts_per_step=1,
+                fast_train_size=2, fast_val_size=2, eval_size=2, max_new_tokens=8, fast={"budget_passes": 1},
+                slow={"kl_probe_size": 0}, runs_root=str(root))
+    base.update(kw)
+    return FSTConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def dash(tmp_path_factory):
+    from fst_lab.models import tiny_policy
+
+    s = Session(tiny_config(tmp_path_factory.mktemp("runs"), task="hover"), policy=tiny_policy(seed=0), progress=False)
+    d = Dashboard(s, min_plot_interval=0.0)
+    yield d
+    d.close()
+    s.close()
+
+
+def run_files(run_dir: Path) -> dict[str, str]:
+    """Every harness file of the run (lineage store + live population) with its content."""
+    return {str(p.relative_to(run_dir)): p.read_text() for p in sorted((run_dir / "harnesses").rglob("*.yaml"))}
+
+
+def test_renders_with_every_control(dash):
+    bundle = dash._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    for b in (dash.fast_button, dash.slow_button, dash.run_button, dash.eval_button, dash.pause_button,
+              dash.stop_button):
+        assert b.description
+    assert dash.plot.value[:8] == b"\x89PNG\r\n\x1a\n"  # a plot even before any data
+    assert "population" in dash.population_view.value.lower() or "<table" in dash.population_view.value
+    assert {"system_prompt", "task_template", "few_shot", "tool_description_search"} <= set(dash.editor_boxes)
+    assert json.loads(dash.tools_json.value)[0]["function"]["name"] == "search"
+
+
+def test_slow_click_runs_a_step_and_refreshes_the_plot(dash):
+    s = dash.session
+    n_metrics, step, version, png = len(s.metrics), s.counters["rl_step"], dash.plot_version, dash.plot.value
+    dash.slow_n.value = 1
+    dash.slow_button.click()
+    assert dash.busy and dash.slow_button.disabled and dash.fast_button.disabled and not dash.stop_button.disabled
+    assert dash.wait(timeout=300)
+    assert dash.last_error is None, dash.last_error
+    assert s.counters["rl_step"] == step + 1
+    assert len(s.metrics) > n_metrics and s.metrics[-1]["kind"] == "slow"
+    assert dash.plot_version > version and dash.plot.value != png
+    assert not dash.slow_button.disabled and dash.stop_button.disabled  # re-enabled after the work
+    assert "RL step 1" in dash.status.value or f"RL step {step + 1}" in dash.status.value
+    # the step's rollouts are browsable
+    assert any(o.startswith("slow_") for o in dash.rollout_source.options)
+
+
+def test_invalid_tools_json_shows_error_and_changes_nothing(dash):
+    s = dash.session
+    pop, files = [h.id for h in s.population], run_files(s.run_dir)
+    events = (s.run_dir / "events.jsonl").read_text()
+    dash.editor_boxes["system_prompt"].value = "An edit that must not land."
+    dash.tools_json.value = '[{"type": "function", "function": {"name": "search",'  # truncated JSON
+    assert dash.apply_edit() is None
+    assert "invalid JSON" in dash.editor_message.value and "not applied" in dash.editor_message.value
+    # schema error: a tool without parameters
+    dash.tools_json.value = json.dumps([{"type": "function", "function": {"name": "search", "description": "x"}}])
+    dash.apply_button.click()
+    assert "not applied" in dash.editor_message.value and "parameters" in dash.editor_message.value
+    # not a list
+    dash.tools_json.value = '{"type": "function"}'
+    dash.apply_button.click()
+    assert "expected a JSON list" in dash.editor_message.value
+    assert [h.id for h in s.population] == pop
+    assert run_files(s.run_dir) == files
+    assert (s.run_dir / "events.jsonl").read_text() == events
+    dash.revert_button.click()
+    assert dash.editor_boxes["system_prompt"].value == s.population[0].system_prompt
+
+
+def test_apply_valid_edit_creates_manual_node_and_shows_diff(dash):
+    s = dash.session
+    old = dash._editor_harness
+    dash.editor_boxes["system_prompt"].value = "Look every entity up with search. End with 'Answer: SUPPORTED'."
+    new = dash.apply_edit()
+    assert new is not None and new.lineage.origin == "manual" and list(new.lineage.parents) == [old.id]
+    assert new.id in [h.id for h in s.population] and old.id not in [h.id for h in s.population]
+    assert any(r["id"] == new.id and r["origin"] == "manual" for r in s.lineage())
+    assert "Look every entity up with search" in dash.diff_view.value and "'>+" in dash.diff_view.value
+    assert "applied" in dash.editor_message.value
+    assert new.id in dash.population_view.value and "manual" in dash.lineage_view.value
+    assert dash._editor_harness.id == new.id  # the editor now shows the new node
+    edits = [json.loads(l) for l in (s.run_dir / "events.jsonl").read_text().splitlines() if '"edit"' in l]
+    assert edits and edits[-1]["id"] == new.id
+    # an unchanged editor applies nothing
+    assert dash.apply_edit() is None and "nothing changed" in dash.editor_message.value
+
+
+def test_apply_tools_json_change_edits_the_tool_list(dash):
+    s = dash.session
+    old = dash._editor_harness
+    tools = json.loads(dash.tools_json.value)
+    tools[0]["function"]["parameters"]["properties"]["query"]["description"] = "Exact entity name, e.g. 'Talwick'."
+    dash.tools_json.value = json.dumps(tools, indent=2)
+    dash.editor_boxes["tool_description_search"].value = "Search the encyclopedia for one entity."
+    new = dash.apply_edit()
+    assert new is not None and new.lineage.origin == "manual"
+    fn = new.tools[0]["function"]
+    assert fn["description"] == "Search the encyclopedia for one entity."  # the description box wins
+    assert fn["parameters"]["properties"]["query"]["description"].startswith("Exact entity name")
+    assert new.id in [h.id for h in s.population] and old.id in new.lineage.parents
+
+
+def test_slow_step_after_a_manual_edit_uses_it(dash):
+    s = dash.session
+    edited = dash._editor_harness
+    dash.slow_button.click()
+    assert dash.wait(timeout=300) and dash.last_error is None, dash.last_error
+    assert edited.id in s.metrics[-1]["population"]
+
+
+def test_pause_then_stop_ends_a_multi_step_run_and_the_next_click_works(dash):
+    s = dash.session
+    step = s.counters["rl_step"]
+    dash.slow_n.value = 50
+    dash.slow_button.click()
+    dash.pause_button.click()  # holds the work at the next step boundary
+    assert s.paused and dash.pause_button.description == "Resume" and "paused" in dash.status.value
+    dash.stop_button.click()
+    assert dash.wait(timeout=300)
+    assert step <= s.counters["rl_step"] <= step + 1  # at most the step already under way
+    assert "stopped" in dash.status.value and not s.paused and dash.pause_button.disabled
+    dash.slow_n.value = 1
+    step = s.counters["rl_step"]
+    dash.slow_button.click()
+    assert dash.wait(timeout=300) and dash.last_error is None, dash.last_error
+    assert s.counters["rl_step"] == step + 1  # the earlier stop does not swallow new work
+
+
+def test_evaluate_fills_the_rollout_browser(dash):
+    dash.eval_button.click()
+    assert dash.wait(timeout=300) and dash.last_error is None, dash.last_error
+    assert dash.rollout_source.value == "last evaluate() (in memory)"
+    assert len(dash.rollout_pick.options) == len(dash.session.last_trajectories) > 0
+    assert "reward" in dash.rollout_view.value and "feedback" in dash.rollout_view.value
+    src = next(o for o in dash.rollout_source.options if o.startswith("slow_"))
+    dash.rollout_source.value = src
+    assert "example" in dash.rollout_view.value
+
+
+def test_worker_error_is_shown_not_raised(tmp_path):
+    from fst_lab.models import tiny_policy
+
+    s = Session(tiny_config(tmp_path, mode="rl"), policy=tiny_policy(seed=0), progress=False)
+    d = Dashboard(s, min_plot_interval=0.0)
+    assert d.fast_button.disabled  # mode 'rl' has no fast steps
+    assert d.start_fast()  # called anyway (e.g. from code): the error lands in the dashboard
+    assert d.wait(timeout=60)
+    assert "SessionError" in d.last_error and "no fast steps" in d.error.value
+    assert not d.busy and not d.run_button.disabled
+    d.close()
+
+
+# ---------------------------------------------------------------------------- pure helpers
+def test_build_edit_variants():
+    h = Harness.load(REPO / "harnesses" / "hover.yaml")
+    texts = editor_texts(h)
+    assert build_edit(h, texts) is None
+    t2 = dict(texts, system_prompt="x")
+    assert build_edit(h, t2) == {"system_prompt": "x"}
+    with pytest.raises(HarnessError, match="few_shot"):
+        build_edit(h, dict(texts, few_shot="- not: [a, conversation"))
+    with pytest.raises(HarnessError, match="placeholder"):
+        build_edit(h, dict(texts, task_template="no placeholder"))
+    tools = json.loads(texts[TOOLS_JSON])
+    with pytest.raises(HarnessError, match="no longer has a tool named 'search'"):
+        build_edit(h, dict(texts, tool_description_search="y", **{TOOLS_JSON: "[]"}))
+    h2 = build_edit(h, dict(texts, **{TOOLS_JSON: json.dumps(tools + [{"type": "function", "function": {
+        "name": "lookup", "description": "d", "parameters": {"type": "object", "properties": {}}}}])}))
+    assert isinstance(h2, Harness) and h2.tool_names == ["search", "lookup"]
+    with pytest.raises(HarnessError, match="duplicate tool name"):
+        build_edit(h, dict(texts, **{TOOLS_JSON: json.dumps(tools + tools)}))
+
+
+def test_trajectory_html_shows_tool_calls_and_escapes():
+    t = {"example_id": "ex<1>", "harness_id": "abc", "sample": 0, "reward": 1.0, "feedback": "Correct <b>!</b>",
+         "n_prompt_messages": 1, "messages": [
+             {"role": "user", "content": "Claim: <script>alert(1)</script>"},
+             {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                 {"id": "c1", "type": "function", "function": {"name": "search", "arguments": {"query": "Talwick"}}}]},
+             {"role": "tool", "name": "search", "content": "Talwick: a town."},
+             {"role": "assistant", "content": "Answer: SUPPORTED"}]}
+    out = render.trajectory_html(t)
+    assert "<script>" not in out and "&lt;script&gt;" in out and "ex&lt;1&gt;" in out
+    assert "tool call" in out and "search(" in out and "Talwick: a town." in out
+    assert "tool result (search)" in out and "Correct &lt;b&gt;!&lt;/b&gt;" in out
+
+
+def test_progress_png_handles_every_record_kind():
+    from fst_lab.ui.plots import per_harness_rewards, progress_png
+
+    recs = [{"kind": "fast", "round": 1, "samples": 4, "best_val": 0.5, "val_scores": {"a": 0.5, "b": 0.25}},
+            {"kind": "slow", "rl_step": 1, "samples": 8, "reward": 0.25, "kl": 0.01,
+             "reward_by_harness": {"a": 0.5, "b": 0.0}},
+            {"kind": "eval", "samples": 8, "reward": 0.5, "kl_probe": 0.02}]
+    assert per_harness_rewards(recs)[0] == "RL step"
+    assert per_harness_rewards(recs[:1])[1] == {"a": [(1, 0.5)], "b": [(1, 0.25)]}
+    assert progress_png(recs, {"a": 0.5, "b": 0.25}, {"a": "gepa", "b": "manual"})[:4] == b"\x89PNG"
+    assert progress_png([])[:4] == b"\x89PNG"
