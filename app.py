@@ -165,12 +165,14 @@ def build_app(runs_root: str | Path = "runs", *, policy_factory: Callable[[str],
             yield (*empty, f"❌ {e}")
             return
         spec = _spec(run, task_name, ha)
+        scored = bool(example_id)
         try:
             task = K.get_task_cached(spec)
-        except Exception as e:
-            yield (*empty, f"❌ task '{spec.name}': {e}")
-            return
-        scored = bool(example_id)
+        except Exception as e:  # e.g. a user task that needs constructor arguments
+            if scored:
+                yield (*empty, f"❌ task '{spec.name}': {e}")
+                return
+            task = None  # free text still works, without the task's tools
         if scored:
             try:
                 ex_a = ex_b = K.find_example(spec, example_id)
@@ -275,8 +277,8 @@ def build_app(runs_root: str | Path = "runs", *, policy_factory: Callable[[str],
                     task_dd = gr.Dropdown(label="Task", choices=K.task_names(), value="hover", allow_custom_value=True,
                                           scale=1)
                     example_dd = gr.Dropdown(label="Input: a task example (scored) or free text",
-                                             choices=[("✍️ free text (type below)", K.FREE_TEXT)], value=K.FREE_TEXT,
-                                             allow_custom_value=True, scale=3)
+                                             choices=[("✍️ free text (type below)", K.FREE_TEXT)],
+                                             value=K.FREE_TEXT, allow_custom_value=True, scale=3)
                 free_text = gr.Textbox(label="Free text", placeholder="e.g. a claim, a question…", lines=2)
                 with gr.Row():
                     max_tokens = gr.Slider(8, 512, value=64, step=8, label="max new tokens per turn")
@@ -350,8 +352,9 @@ def build_app(runs_root: str | Path = "runs", *, policy_factory: Callable[[str],
         arena_inputs = [run_dd, cycle_dd, harness_a, harness_b, weights, task_dd, example_dd, free_text, max_tokens,
                         temperature]
         arena_outputs = [chat_a, chat_b, score_a, score_b, notice]
-        go_btn.click(arena, arena_inputs, arena_outputs, api_name="arena")
-        free_text.submit(arena, arena_inputs, arena_outputs, api_name="arena_submit")
+        # one policy, one arena at a time: both triggers share a concurrency slot
+        go_btn.click(arena, arena_inputs, arena_outputs, api_name="arena", concurrency_id="arena")
+        free_text.submit(arena, arena_inputs, arena_outputs, api_name="arena_submit", concurrency_id="arena")
         diff_btn.click(diff_fn, [run_dd, harness_a, harness_b], [diff_code, diff_view], api_name="diff")
         lineage_btn.click(lineage_fn, [run_dd, cycle_dd], lineage_code, api_name="lineage")
         curves_btn.click(curves_fn, run_dd, [plot_reward, plot_kl], api_name="curves")

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import yaml
 
-from fst_lab.harness import Harness, HarnessError, default_harness_dir, load_dir
+from fst_lab.harness import Harness, HarnessError, default_harness_dir
 from fst_lab.runs import RunDirError, RunView, list_runs, load_run, running_max, safe_run_path
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,20 @@ ORIGIN_MARK = {"seed": "🌱 seed", "gepa": "🧬 gepa", "bootstrap": "🥾 boot
                "merge": "🔀 merge"}
 
 # ============================================================================ safety
-_SECRET_KEY = re.compile(r"(api[_-]?key|secret|token|passw|credential|authorization|bearer|private[_-]?key)", re.I)
+_SECRET_KEY_RE = re.compile(r"(api[_-]?key|secret|token|passw|credential|authorization|bearer|private[_-]?key)", re.I)
+# ...but not fields that *name* where a secret lives (api_key_env: OPENAI_API_KEY) or count tokens
+_NOT_SECRET = re.compile(r"(_env|_env_var|_var|_name|_file|_path|_tokens)$", re.I)
+
+
+class _SecretKey:
+    """Field names that hold secrets (``api_key``, ``token``...), not ones that *name* where a secret is."""
+
+    @staticmethod
+    def search(key: str) -> bool:
+        return bool(_SECRET_KEY_RE.search(key)) and not _NOT_SECRET.search(key)
+
+
+_SECRET_KEY = _SecretKey()
 _SECRET_VALUE = re.compile(r"^(sk-|sk_|hf_|ghp_|xox[abp]-)[A-Za-z0-9_\-]{8,}")
 REDACTED = "***redacted***"
 
@@ -221,7 +234,8 @@ def task_spec_for(run: RunView | None, harness: Harness | None = None, default: 
         cfg = run.config or {}
         stages = cfg.get("stages") or []
         st = stages[0] if stages and isinstance(stages[0], dict) else {}
-        return TaskSpec(str(st.get("task") or cfg.get("task") or default), int(st.get("level") or cfg.get("level") or 1),
+        return TaskSpec(str(st.get("task") or cfg.get("task") or default),
+                        int(st.get("level") or cfg.get("level") or 1),
                         int(cfg.get("seed") or 0))
     if harness is not None and harness.task:
         return TaskSpec(harness.task)
@@ -377,7 +391,8 @@ def lineage_tree(edges: Sequence[dict], *, population: Sequence[str] = (), score
     counts: dict[str, int] = {}
     for e in edges:
         counts[e.get("origin", "?")] = counts.get(e.get("origin", "?"), 0) + 1
-    legend = " · ".join(f"{ORIGIN_MARK.get(k, k)} {v}" for k, v in sorted(counts.items(), key=lambda kv: ORIGIN_ORDER.get(kv[0], 9)))
+    legend = " · ".join(f"{ORIGIN_MARK.get(k, k)} {v}"
+                        for k, v in sorted(counts.items(), key=lambda kv: ORIGIN_ORDER.get(kv[0], 9)))
     return f"{len(edges)} harnesses: {legend}\n\n" + "\n".join(lines)
 
 
@@ -586,7 +601,8 @@ class PolicyCache:
             pol = self._load_trained(model, ck)
         except Exception as e:  # a broken or foreign checkpoint must not take the arena down
             log.warning("could not load trained weights from %s: %s", ck, e)
-            return self.base(model), f"⚠️ could not load trained weights from `{ck.name}` ({e}): using the base weights"
+            return self.base(model), (f"⚠️ could not load trained weights from `{ck.name}` ({e}): "
+                                      "using the base weights")
         with self._lock:
             self._trained = {k: v for k, v in self._trained.items() if k[0] != key[0]}  # one per run
             self._trained[key] = pol
@@ -608,7 +624,8 @@ class PolicyCache:
             missing, unexpected = fresh.model.load_state_dict(load_file(str(full)), strict=False)
             missing = [k for k in missing if "lm_head" not in k]
             if missing or unexpected:
-                raise ValueError(f"weights don't match the base model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise ValueError(f"weights don't match the base model (missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]})")
             fresh.model.eval()
             return dataclasses.replace(fresh, name=f"{fresh.name}+{ck.name}")
         raise FileNotFoundError("no adapter_model.safetensors or model.safetensors in the checkpoint")
@@ -832,7 +849,8 @@ def stream_arena(policy, pairs: Sequence[tuple[Harness, Any]], task, *, max_new_
 # ============================================================================ steering (Run tab)
 TINY_CONFIG = """\
 # A tiny FST run: one GEPA round and one RL step per cycle, small enough for 2 CPU cores.
-# Keys: see FSTConfig (fst_lab/config.py). API keys don't belong here: use environment variables.
+# Keys: see FSTConfig (fst_lab/config.py). API keys don't belong here: name an environment
+# variable instead (fast: {reflection_lm: openai/gpt-4.1-mini, api_key_env: OPENAI_API_KEY}).
 mode: fst
 task: math
 level: 1
@@ -847,7 +865,10 @@ eval_size: 2
 eval_every_cycle: false
 max_new_tokens: 32
 fast:
-  budget_passes: 1
+  max_metric_calls: 6
+  max_new_tokens: 32
+  reflection_max_tokens: 128
+  reflection_minibatch_size: 1
 run_name: app-run
 """
 
@@ -923,7 +944,15 @@ class Steering:
             return "⚠️ no session: start one from a config first"
         if self.busy:
             return "⚠️ a background run is in progress: pause or stop it first"
+        self._clear_stop()  # an explicit step after a Stop means "go on": forget the old stop request
         return None
+
+    def _clear_stop(self) -> None:
+        s = self.session
+        if hasattr(s, "clear_stop"):
+            s.clear_stop()
+        else:  # older Session without clear_stop(): the stop file is the part we can undo
+            (Path(s.run_dir) / "stop").unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- steps
     def fast(self) -> str:
@@ -955,7 +984,8 @@ class Steering:
             return f"❌ slow step failed after {len(recs)} step(s): {type(e).__name__}: {e}"
         last = recs[-1] if recs else {}
         rw = last.get("reward")
-        return f"✅ {len(recs)} slow step(s) in {time.time() - t0:.1f}s: RL step {self.session.counters['rl_step']}" + \
+        return f"✅ {len(recs)} slow step(s) in {time.time() - t0:.1f}s: " \
+            f"RL step {self.session.counters['rl_step']}" + \
             (f", train reward {rw:.3f}" if isinstance(rw, (int, float)) else "")
 
     def run(self, cycles: int | None = None) -> str:
@@ -969,11 +999,14 @@ class Steering:
             except Exception as e:
                 log.exception("background run failed")
                 self.last_error = f"{type(e).__name__}: {e}"
+            finally:
+                (Path(s.run_dir) / "stop").unlink(missing_ok=True)  # honoured; see stop()
 
         self.last_error = None
         self.thread = threading.Thread(target=work, name="fst-app-run", daemon=True)
         self.thread.start()
-        return f"▶️ running {cycles or 'the remaining'} cycle(s) in the background (pause / stop at any step boundary)"
+        return (f"▶️ running {cycles or 'the remaining'} cycle(s) in the background "
+                "(pause / stop at any step boundary)")
 
     def pause(self) -> str:
         if self.session is None:
@@ -991,7 +1024,10 @@ class Steering:
         if self.session is None:
             return "⚠️ no session"
         self.session.request_stop()
-        if self.thread is not None:
+        if self.busy:
+            # Also the documented RUN/stop file: unlike the in-memory flag, run() can't clear it if the
+            # request lands while the worker is still starting up. The worker removes it when it ends.
+            (Path(self.session.run_dir) / "stop").touch()
             self.thread.join(timeout=0.5)
         return "⏹️ stop requested: the run ends at the next step boundary" if self.busy else "⏹️ stopped"
 
@@ -1033,7 +1069,8 @@ class Steering:
             new = self.session.edit_harness(target or None, {component: text}, note=note or "edited in the app")
         except (HarnessError, KeyError, IndexError, ValueError) as e:
             return f"❌ edit refused: {e}"
-        return f"✍️ manual edit recorded: {new.name}@{new.id} (parent {new.lineage.parents[0]}), used from the next step"
+        return (f"✍️ manual edit recorded: {new.name}@{new.id} (parent {new.lineage.parents[0]}), "
+                "used from the next step")
 
     # ---------------------------------------------------------------- views
     def status(self) -> dict:
@@ -1050,7 +1087,8 @@ class Steering:
         if self.session is None:
             return "(no session)"
         s = self.session
-        edges = s.lineage()
+        notes = {hid: h.lineage.note for hid, h in s.harnesses.items()}  # Session.lineage() leaves notes out
+        edges = [{**e, "note": e.get("note") or notes.get(e["id"], "")} for e in s.lineage()]
         return lineage_tree(edges, population=[h.id for h in s.population], scores=s.population_scores,
                             best=s.best_harness().id)
 

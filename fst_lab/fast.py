@@ -608,21 +608,34 @@ def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def select_population(scores: Mapping[str, Sequence[float]], k: int, *, prefer: Sequence[str] = ()) -> list[str]:
-    """K ids by per-instance Pareto rank, then aggregate score, then ``prefer`` order (incumbents
-    first: a newcomer must *beat* a member to displace it), then insertion order. Best-first."""
-    if not scores:
+    """K ids from per-validation-instance scores, best-first by mean score.
+
+    Pareto layers are filled in order (the front first). Within a layer, members are picked greedily
+    by how many *not yet covered* validation instances they are best on (GEPA's per-instance front:
+    a specialist that alone solves a problem beats a second copy of the generalist), then by mean
+    score, then by ``prefer`` order (incumbents first: a newcomer must beat a member to displace it),
+    then insertion order. Instances on which every candidate scores the same count for nobody.
+    """
+    ids = list(scores)
+    if not ids or k < 1:
         return []
+    n = min(len(v) for v in scores.values())
+    best = [max(scores[c][i] for c in ids) for i in range(n)]
+    informative = [i for i in range(n) if any(scores[c][i] < best[i] for c in ids)]
     rank = pareto_layers(scores)
-    order = {cid: i for i, cid in enumerate(scores)}
+    agg = {c: _mean(scores[c]) for c in ids}
     pref = {cid: i for i, cid in enumerate(prefer)}
-
-    def key(cid):
-        vals = scores[cid]
-        return (rank[cid], -(sum(vals) / max(1, len(vals))), pref.get(cid, len(pref)), order[cid])
-
-    chosen = sorted(scores, key=key)[:k]
-    # Present best-first by aggregate score (rank only decided membership).
-    return sorted(chosen, key=lambda c: (-(sum(scores[c]) / max(1, len(scores[c]))), key(c)))
+    pool = sorted(ids, key=lambda c: (rank[c], -agg[c], pref.get(c, len(pref)), ids.index(c)))
+    chosen: list[str] = []
+    covered: set[int] = set()
+    while len(chosen) < min(k, len(ids)):
+        rest = [c for c in pool if c not in chosen]
+        layer = [c for c in rest if rank[c] == rank[rest[0]]]
+        wins = {c: {i for i in informative if i not in covered and scores[c][i] >= best[i]} for c in layer}
+        pick = max(layer, key=lambda c: (len(wins[c]), -pool.index(c)))
+        chosen.append(pick)
+        covered |= wins[pick]
+    return sorted(chosen, key=lambda c: (-agg[c], pool.index(c)))
 
 
 # ---------------------------------------------------------------------------- the fast step
@@ -660,7 +673,18 @@ class FastResult:
     def best(self) -> Harness:
         return next(h for h in self.population if h.id == self.best_id)
 
+    def summary(self) -> dict:
+        """One compact metrics record (no harness texts, no per-proposal log)."""
+        d = self.to_json()
+        for k in ("harnesses", "proposal_log", "per_instance", "candidates"):
+            d.pop(k, None)
+        d["population"] = [h.id for h in self.population]
+        d["best_val"] = self.val_scores.get(self.best_id)
+        d["seed_val"] = self.prev_scores.get(self.seed_id)
+        return d
+
     def to_json(self) -> dict:
+        """Everything, JSON-ready (written to ``fst_fast_result.json`` in the round's directory)."""
         by_id = {h.id: h for h in [*self.population, *self.candidates]}
         return {
             "round": self.round, "seed_id": self.seed_id, "best_id": self.best_id,

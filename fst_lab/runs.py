@@ -150,6 +150,8 @@ class RunView:
         return self.path.name
 
     def harness(self, hid: str) -> Harness:
+        if not isinstance(hid, str) or not hid or not all(c.isalnum() or c in "_-" for c in hid):
+            raise RunDirError(f"refused: {hid!r} is not a harness id")  # ids are content hashes, never paths
         p = self.path / "harnesses" / "all" / f"{hid}.yaml"
         if not p.exists():
             raise RunDirError(f"{self.path}: no harness with id {hid}")

@@ -214,6 +214,8 @@ class Session:
         kw = dict(self.config.fast)
         kw.setdefault("population_size", self.config.population_size)
         kw.setdefault("seed", self.config.seed)
+        if self.config.max_new_tokens:  # "for all rollouts": GEPA's evaluations too, as slow_config does
+            kw.setdefault("max_new_tokens", self.config.max_new_tokens)
         try:
             return FastConfig(**kw)
         except TypeError as e:

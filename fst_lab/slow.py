@@ -34,7 +34,10 @@ How it plugs into TRL 1.16 (pinned in pyproject; ``tests/test_slow.py`` guards e
 
 Private TRL/transformers methods used: none. Public-but-experimental: ``rollout_func`` and its
 ``env_mask`` extra field. Attributes read: ``trainer.model``, ``.optimizer``, ``.lr_scheduler``,
-``.state``, ``.accelerator``, ``.ref_model``.
+``.state``, ``.accelerator``, ``.control``, ``.callback_handler``, ``.ref_model`` (and, for vLLM,
+``.vllm_generation``/``.eos_token_ids``); helper ``trl.trainer.utils.use_adapter``. Full fine-tuning with
+beta > 0 points ``model.config._name_or_path`` at a snapshot of the start weights, because TRL builds
+its reference model from that path.
 
 Under ``accelerate launch`` (DDP) nothing changes: every process runs its own rollouts for its slice
 of the groups (a group never straddles processes), TRL gathers rewards, DDP averages gradients. See
@@ -476,6 +479,8 @@ class SlowLearner:
         for cb in (PrinterCallback, ProgressCallback):  # step() returns the metrics; don't print them
             self.trainer.remove_callback(cb)
         _install_copy_guard(self.trainer.model.get_base_model() if config.lora else self.trainer.model)
+        if self.trainer.ref_model is not None:  # TRL loaded the start weights itself: one copy is enough
+            self._base_copy = None
         self._gen_policy = backends.generation_policy(self.trainer, policy, config, self.backend)
 
         self._gate = _Gate()
@@ -538,10 +543,20 @@ class SlowLearner:
         return Policy(model=model, tokenizer=self.tokenizer, name=p.name, path=p.path, backend=self.backend)
 
     # ------------------------------------------------------------------ what the next step trains on
-    def set_population(self, harnesses: Sequence[Harness]) -> None:
+    def set_population(self, harnesses: Sequence[Harness], *, from_main_process: bool = False) -> None:
         """Harnesses for the next step on. Its size may differ from ``population_size`` (e.g. the seed
         alone before the first GEPA round) but must divide G; harness i gets rollouts
-        [i*G/P, (i+1)*G/P) of every group."""
+        [i*G/P, (i+1)*G/P) of every group.
+
+        Under DDP every process should train on the same population: with ``from_main_process=True`` the
+        main process's harnesses are broadcast to all (a collective call: every process must make it).
+        """
+        if from_main_process and self.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [[h.to_dict() for h in harnesses]]
+            broadcast_object_list(box, from_process=0)
+            harnesses = [Harness.from_dict(d) for d in box[0]]
         pop = tuple(harnesses)
         if not pop:
             raise ValueError("the population needs at least one harness")
@@ -586,7 +601,10 @@ class SlowLearner:
         """End the trainer thread (the learner can't step afterwards). Idempotent."""
         t = self._thread
         if t is not None and t.is_alive():
-            self._wait_idle()
+            try:
+                self._wait_idle()
+            except RuntimeError:
+                pass
             self._gate.grant(_STOP)
             t.join(timeout=60)
         self._thread = None

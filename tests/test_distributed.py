@@ -39,8 +39,9 @@ def test_ddp_two_cpu_processes(tmp_path):
         ex0 = {e for e, _ in r0["seen"][step]}
         ex1 = {e for e, _ in r1["seen"][step]}
         assert len(ex0) == len(ex1) == 1 and ex0 != ex1
+        names = ("A", "B") if step == 0 else ("C0", "D0")  # step 2: rank 0's population, broadcast
         for r in (r0, r1):
-            assert [s for _, s in r["seen"][step]] == ["You are A."] * 2 + ["You are B."] * 2
+            assert [s for _, s in r["seen"][step]] == [f"You are {names[0]}."] * 2 + [f"You are {names[1]}."] * 2
     # DDP kept the replicas identical; rewards were gathered across processes
     assert r0["lora"] == r1["lora"]
     assert r0["rewards"] == r1["rewards"] and r0["per_harness"] == r1["per_harness"]

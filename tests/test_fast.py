@@ -341,3 +341,66 @@ def test_fast_step_math_embedded_model_with_local_reflector(embedded_policy, mat
     assert new and all(h.lineage.origin in ("gepa", "bootstrap") and h.lineage.round == 1 for h in new)
     assert any(h.id in {p.id for p in res.population} for h in new)
     assert res.reflection_calls >= 1  # the local reflector was really used (via LiteLLM's custom provider)
+
+
+# ---------------------------------------------------------------------------- a real server on loopback
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_model(tmp_path_factory):
+    """``transformers serve`` of the converted embedded model on 127.0.0.1 (OpenAI-compatible)."""
+    from fst_lab.models import ensure_converted
+
+    model_dir = ensure_converted()
+    exe = Path(sys.executable).with_name("transformers")
+    if not exe.exists():
+        pytest.skip("the transformers CLI is not installed in this environment")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([str(exe), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+                                 "--device", "cpu"], stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300  # ~12 s on an idle machine; generous for a busy CI box
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"transformers serve not ready after 300 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield {"model": f"openai/{model_dir}", "api_base": base + "/v1"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_fast_step_reflects_through_litellm_over_http(served_model, tiny, math_task, math_harness):
+    """Same code path as a frontier API: LiteLLM 'openai/...' over real HTTP to a local server."""
+    lm = ReflectionLM(served_model["model"], api_base=served_model["api_base"], api_key="sk-local",
+                      max_tokens=48, temperature=0.0, timeout=600, num_retries=1)
+    cfg = FastConfig(population_size=2, bootstrap=False, max_new_tokens=4, reflection_minibatch_size=2,
+                     max_metric_calls=6)
+    res = fast_step(tiny, math_task, [math_harness], math_task.examples("train", 2), math_task.examples("val", 2),
+                    config=cfg, round=1, reflection_lm=lm, progress=False)
+    assert not res.errors
+    assert res.reflection_calls >= 1 and res.reflection_failures == 0
+    assert res.reflection["prompt_tokens"] > 100 and res.reflection["completion_tokens"] > 0  # server's usage
+    assert res.reflection_cost == 0.0  # an unpriced self-hosted model costs 0, without raising
+    first = res.proposal_log[0]
+    assert first["operator"] == "reflect" and first["status"] in ("accepted", "rejected", "invalid", "noop")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from fst_lab.config import ConfigError, FSTConfig, Stage
@@ -83,7 +83,7 @@ def _get(obj, path):
 def mutated_harness_text(draw) -> str:
     """A valid seed harness, mutated structurally (delete / replace / add) and then textually."""
     data = copy.deepcopy(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 3]))):
         paths = [p for p in _paths(data) if p]
         if not paths:
             break
@@ -99,7 +99,7 @@ def mutated_harness_text(draw) -> str:
         else:
             parent.append(draw(value))
     text = draw(st.sampled_from([yaml.safe_dump(data, sort_keys=False), json.dumps(data)]))
-    op = draw(st.sampled_from(["none", "truncate", "insert", "cut", "replace_all"]))
+    op = draw(st.sampled_from(["none"] * 5 + ["truncate", "insert", "cut", "replace_all"]))
     if op == "truncate":
         text = text[:draw(st.integers(0, len(text)))]
     elif op == "insert":
@@ -147,8 +147,10 @@ def test_fuzzed_harness_files_load_or_fail_clearly(text):
         try:
             h = Harness.load(p)
         except HarnessError as e:
+            event(f"HarnessError at {e.field_path or 'yaml'}")
             assert _locates(e, str(p)), f"unclear error: {e}"
         else:
+            event("loaded")
             # a harness that loads is fully usable: renders, round-trips, maps to a GEPA candidate
             assume(not _template_bug(h))
             messages, _tools = h.render({k: "x" for k in h.inputs})
@@ -237,11 +239,13 @@ def test_fuzzed_configs_validate_or_name_the_field(d):
     try:
         c = FSTConfig.from_dict(copy.deepcopy(d))
     except ConfigError as e:
+        event("ConfigError")
         msg = str(e)
         assume(not _stage_steps_bug(d))
         assert any(name in msg for name in CONFIG_FIELDS) or "config must be a mapping" in msg \
             or "unknown config keys" in msg, msg
     else:
+        event("valid config")
         c.cycle_plan()
         assert FSTConfig.from_dict(yaml.safe_load(c.to_yaml())) == c  # what we write, we read back
 
@@ -292,6 +296,13 @@ def _impls():
     return {"calculator": calculator, "search": search, "broken": broken}
 
 
+arith = st.one_of(st.text(alphabet="0123456789+-*/().^ sqrt", max_size=25), st.text(max_size=25))
+good_call = st.one_of(
+    st.fixed_dictionaries({"name": st.just("calculator"), "arguments": st.fixed_dictionaries({"expression": arith})}),
+    st.fixed_dictionaries({"name": st.sampled_from(["search", "broken"]),
+                           "arguments": st.fixed_dictionaries({"query": st.text(max_size=20)})}),
+    st.fixed_dictionaries({"function": st.fixed_dictionaries({  # OpenAI-shaped, arguments as a JSON string
+        "name": st.just("calculator"), "arguments": arith.map(lambda e: json.dumps({"expression": e}))})}))
 call_obj = st.fixed_dictionaries({}, optional={
     "name": st.one_of(st.sampled_from(["calculator", "search", "broken", "nope", ""]), value),
     "arguments": st.one_of(st.fixed_dictionaries({}, optional={"expression": st.one_of(st.text(max_size=30), value),
@@ -306,8 +317,11 @@ def model_text(draw) -> str:
     """What a policy might emit: prose, tagged/fenced/bare JSON calls, broken JSON, several calls."""
     parts = []
     for _ in range(draw(st.integers(1, 3))):
-        obj = draw(st.one_of(call_obj, st.lists(call_obj, max_size=2), value))
-        raw = json.dumps(obj) if draw(st.booleans()) else json.dumps(obj)[: draw(st.integers(0, 60))]
+        obj = draw(st.one_of(good_call, good_call, call_obj, st.lists(st.one_of(good_call, call_obj), max_size=2),
+                             value))
+        raw = json.dumps(obj)
+        if draw(st.integers(0, 3)) == 0:  # cut off mid-call, as max_new_tokens does
+            raw = raw[: draw(st.integers(0, len(raw)))]
         wrap = draw(st.sampled_from(["<tool_call>{}</tool_call>", "<tool_call>{}", "```json\n{}\n```", "{}", "x {} y",
                                      "<tool_call>\n{}\n</tool_call>\n"]))
         parts.append(wrap.format(raw) if wrap.count("{}") == 1 else raw)
@@ -321,6 +335,7 @@ def test_fuzzed_model_tool_calls_become_observations(text):
     _count("tool_calls")
     res = parse_tool_calls(text)
     assert isinstance(res, ParseResult)
+    event(f"calls={min(len(res.calls), 2)} errors={min(len(res.errors), 2)}")
     reg = ToolRegistry(_impls(), TOOLS + [{"type": "function", "function": {
         "name": "broken", "description": "x", "parameters": {"type": "object", "properties": {"query": {}}}}}])
     for call in res.calls:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import random
+import itertools
 import subprocess
 import sys
 
@@ -22,6 +22,7 @@ from fst_lab.slow import Episode, SlowConfig, SlowLearner, episode_tokens
 from fst_lab.tasks.base import Example, Score
 
 G, K, PPS = 4, 2, 2
+LABELS = ("SUPPORTED", "NOT_SUPPORTED")
 
 
 class ParityTask:
@@ -144,6 +145,7 @@ def test_steps_train_condition_per_rollout_and_swap_population(learner, harness_
                 "kl_probe", "kl_probe_bare", "entropy", "completion_length", "tokens", "samples", "samples_seen",
                 "step_seconds", "loss", "learning_rate", "population"):
         assert key in rec, key
+    assert "unsloth" not in sys.modules  # the CPU path never imports it (it raises without a GPU)
     assert rec["global_step"] == 2 and rec["samples"] == G * PPS and learner.samples_seen == 2 * G * PPS
     assert rec["population"] == [h.id for h in learner.population]
     assert rec["kl_probe"] > 0 and rec["kl"] >= 0
@@ -217,15 +219,16 @@ def test_save_state_load_state_resumes(tiny_policy, pop, tmp_path):
 # ------------------------------------------------------------------ multi-turn tool episodes
 @dataclasses.dataclass
 class ScriptedToolPolicy(Policy):
-    """Turn 1: call ``search`` on the claim's first two words. Turn 2: a random verdict."""
+    """Turn 1: call ``search`` on the claim's first two words. Turn 2: verdicts alternate, so every group
+    has right and wrong answers (non-zero advantages)."""
 
-    rng: random.Random = dataclasses.field(default_factory=lambda: random.Random(0))
+    verdicts: itertools.cycle = dataclasses.field(default_factory=lambda: itertools.cycle(LABELS))
 
     def generate_text(self, prompts, *, max_new_tokens=128, temperature=0.0, top_p=1.0, seed=None, batch_size=16):
         out = []
         for p in prompts:
             if "<tool_response>" in p.rsplit("<|im_start|>user", 1)[-1]:  # the last user turn is a tool result
-                text = f"The search says so.\nAnswer: {self.rng.choice(['SUPPORTED', 'NOT_SUPPORTED'])}"
+                text = f"The search says so.\nAnswer: {next(self.verdicts)}"
             else:
                 claim = p.rsplit("Claim:", 1)[-1].split()
                 text = '<tool_call>{"name": "search", "arguments": {"query": "%s %s"}}</tool_call>' % (claim[0], claim[1])
@@ -263,13 +266,13 @@ def test_hover_tool_rollouts_train(tiny_policy, harness_dir, tmp_path):
     task = get_task("hover", level=1)
     # the seed's few-shot demo only lengthens the prompts here (the script decides what to generate)
     pop = [Harness.load(harness_dir / "hover.yaml").with_components({"few_shot": "[]"}, origin="manual")]
-    cfg = _cfg(population_size=1, drop_zero_variance_groups=False, kl_probe_size=0)
+    cfg = _cfg(population_size=1, prompts_per_step=1, drop_zero_variance_groups=False, kl_probe_size=0)
     with SlowLearner(tiny_policy, task, pop, cfg, output_dir=tmp_path / "t") as lr:
         lr._gen_policy = ScriptedToolPolicy(model=lr.trainer.model, tokenizer=tiny_policy.tokenizer)
         before = _lora(lr)
         rec = lr.step(1)[-1]
         trajs = lr.last_trajectories
-        assert len(trajs) == G * PPS
+        assert len(trajs) == G
         assert all(t.tool_calls and t.tool_calls[0]["observation"] and not t.tool_calls[0]["error"] for t in trajs)
         assert rec["fst/tool_calls"] == 1.0 and rec["fst/turns"] == 2.0 and rec["fst/observation_tokens"] > 0
         # TRL counted only model tokens (env_mask) as the completion length

@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def tiny_config(root, **kw) -> FSTConfig:
     base = dict(task="math", cycles=1, steps_per_cycle=1, population_size=2, num_generations=2, prompts_per_step=1,
-                fast_train_size=2, fast_val_size=2, eval_size=2, max_new_tokens=8, fast={"budget_passes": 1},
-                slow={"kl_probe_size": 0}, runs_root=str(root))
+                fast_train_size=2, fast_val_size=2, eval_size=2, max_new_tokens=8,
+                fast={"budget_passes": 1, "reflection_max_tokens": 16}, slow={"kl_probe_size": 0},
+                runs_root=str(root))
     base.update(kw)
     return FSTConfig(**base)
 
@@ -71,6 +72,18 @@ def test_slow_click_runs_a_step_and_refreshes_the_plot(dash):
     assert "RL step 1" in dash.status.value or f"RL step {step + 1}" in dash.status.value
     # the step's rollouts are browsable
     assert any(o.startswith("slow_") for o in dash.rollout_source.options)
+
+
+def test_fast_click_runs_a_gepa_round_and_refreshes_population(dash):
+    s = dash.session
+    rnd = s.counters["fast_round"]
+    dash.fast_button.click()
+    assert dash.busy and dash.fast_button.disabled
+    assert dash.wait(timeout=300) and dash.last_error is None, dash.last_error
+    assert s.counters["fast_round"] == rnd + 1 and s.metrics[-1]["kind"] == "fast"
+    for h in s.population:  # the table and the editor's targets follow the new population
+        assert h.id in dash.population_view.value
+        assert h.id in [v for _, v in dash.editor_target.options]
 
 
 def test_invalid_tools_json_shows_error_and_changes_nothing(dash):

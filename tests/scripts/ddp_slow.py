@@ -44,7 +44,11 @@ def main(out: Path) -> None:
         acc = learner.trainer.accelerator
         seen = []
         records = []
-        for _ in range(2):
+        for i in range(2):
+            if i == 1:  # each process proposes its own population; the main process's wins everywhere
+                mine = [seed.with_components({"system_prompt": f"You are {n}{acc.process_index}.", "few_shot": "[]"},
+                                             origin="manual") for n in "CD"]
+                learner.set_population(mine, from_main_process=True)
             records += learner.step(1)
             seen.append([[t.example_id, t.messages[0]["content"]] for t in learner.last_trajectories])
         lora = {k: float(v.detach().double().sum()) for k, v in learner.trainer.model.named_parameters()

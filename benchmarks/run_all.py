@@ -1,0 +1,223 @@
+"""Run every benchmark, then regenerate docs/BENCHMARKS.md from their JSON results.
+
+    python -m benchmarks.run_all                  # full runs (long: see each benchmark), then the doc
+    python -m benchmarks.run_all --smoke          # CI pipeline check: tiny model, tiny counts (`make bench-smoke`)
+    python -m benchmarks.run_all --only rollout,fast_overhead
+    python -m benchmarks.run_all --docs-only      # re-render the doc from benchmarks/results/*.json
+
+Each benchmark runs in its own process (a crash or a leak in one does not take the others down) and
+writes ``<out>/<name>.json``; the doc is rendered from whatever results exist, so a benchmark that ran
+in the background (``nohup python -m benchmarks.bench_efficiency &``) lands in the doc on the next
+``--docs-only``. Smoke runs write to ``test-artifacts/bench-smoke/`` (results, plots and the doc), never
+over the committed results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import DOCS, REPO, RESULTS, SMOKE_RESULTS, fmt, load_result, machine_info, table
+
+# name -> (module or script, result file stem, section title)
+BENCHMARKS = {
+    "rollout": ("benchmarks.bench_rollout", "rollout", "Rollout throughput"),
+    "fast_overhead": ("benchmarks.bench_fast_overhead", "fast_overhead", "Fast-loop overhead (fast step vs gepa.optimize)"),
+    "slow_overhead": ("benchmarks/bench_slow_overhead.py", "slow_overhead", "Slow-loop overhead (SlowLearner vs plain TRL)"),
+    "efficiency": ("benchmarks.bench_efficiency", "efficiency", "Sample efficiency and drift (FST vs RL-only vs GEPA-only)"),
+    "continual": ("benchmarks.bench_continual", "continual", "Continual learning (hover → codeio → physics)"),
+}
+
+LLAMA_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF" '
+               '.venv/bin/pip install llama-cpp-python==0.3.36')
+
+
+def command(name: str, smoke: bool, out: Path) -> list[str]:
+    target, stem, _ = BENCHMARKS[name]
+    flags = ["--smoke"] if smoke else []
+    if target.endswith(".py"):  # another engineer's script: its --out is a file path
+        return [sys.executable, str(REPO / target), *flags, "--out", str(out / f"{stem}.json")]
+    return [sys.executable, "-m", target, *flags, "--out", str(out)]
+
+
+def run_benchmark(name: str, smoke: bool, out: Path, timeout: float | None) -> dict:
+    cmd = command(name, smoke, out)
+    print(f"== {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    dt = time.time() - t0
+    print(f"== {name}: exit {rc} in {dt:.0f}s", flush=True)
+    return {"name": name, "returncode": rc, "seconds": dt}
+
+
+# ---------------------------------------------------------------------------- the doc
+def _module(name: str):
+    target = BENCHMARKS[name][0]
+    if target.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", REPO / target)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return importlib.import_module(target)
+
+
+def _result(name: str, out: Path, smoke: bool) -> dict | None:
+    stem = BENCHMARKS[name][1]
+    res = load_result(out, stem)
+    if res is None and smoke:  # the slow-overhead script names its smoke file differently by default
+        res = load_result(out, f"{stem}_smoke")
+    return res
+
+
+def _machine_section(results: dict[str, dict]) -> list[str]:
+    m = next((r["machine"] for r in results.values() if isinstance(r, dict) and "machine" in r), None) or machine_info()
+    v = m.get("versions", {})
+    lines = ["## Machine and versions", "",
+             f"- CPU: {m.get('cpu')} — {m.get('logical_cores')} logical cores ({m.get('usable_cores')} usable), "
+             f"torch threads {m.get('torch_threads')}; SIMD: {' '.join(m.get('cpu_flags', [])) or '?'}",
+             f"- Python {m.get('python')} on {m.get('platform')}",
+             "- " + ", ".join(f"{k} {val or 'not installed'}" for k, val in v.items()),
+             f"- git commit {m.get('git_commit')}{' (+ uncommitted changes)' if m.get('git_dirty') else ''}",
+             "- **Shared machine**: other engineers' jobs ran on the same 2 cores during these measurements "
+             "(the load average is recorded next to every number). Absolute seconds and tokens/s are therefore "
+             "noisy and pessimistic; the comparisons use alternating, paired runs and report ratios.", ""]
+    return lines
+
+
+def _summary(results: dict[str, dict]) -> list[str]:
+    rows = []
+    r = results.get("rollout")
+    if r and r.get("throughput"):
+        for t in r["throughput"]:
+            rows.append({"benchmark": f"rollout, batch {t['batch']}", "measure": "fst_lab / plain generate (tok/s)",
+                         "target": "≥ 0.9×", "measured": t["fst_vs_plain"]["median"],
+                         "met": t["fst_vs_plain"]["median"] >= 0.9})
+        tp = r["throughput"]
+        if "llama.cpp_tok_s" in tp[0]:
+            ratio = tp[-1]["fst_lab_tok_s"] / tp[0]["llama.cpp_tok_s"]
+            rows.append({"benchmark": f"rollout, batch {tp[-1]['batch']}", "measure":
+                         "batched fst_lab / llama.cpp single-stream (tok/s)", "target": "≥ 1.0×", "measured": ratio,
+                         "met": ratio >= 1.0})
+        else:
+            rows.append({"benchmark": "rollout", "measure": "batched fst_lab / llama.cpp single-stream",
+                         "target": "≥ 1.0×", "measured": f"llama.cpp: {r.get('llama_cpp')}", "met": None})
+    r = results.get("fast_overhead")
+    if r and "ratio_geomean" in r:
+        rows.append({"benchmark": "fast overhead", "measure": "fast_step / gepa.optimize (s, paired geomean)",
+                     "target": "≤ 1.05×", "measured": r["ratio_geomean"], "met": r["meets_target"]})
+    r = results.get("slow_overhead")
+    if r and "ratio_geomean" in r:
+        rows.append({"benchmark": "slow overhead", "measure": "SlowLearner.step / plain TRL step (s, paired geomean)",
+                     "target": "≤ 1.05×", "measured": r["ratio_geomean"], "met": r.get("meets_target")})
+    r = results.get("efficiency")
+    if r and r.get("analysis"):
+        for key, a in r["analysis"].items():
+            if not key.startswith("default/"):
+                continue
+            ms = (a.get("samples_ratio_mean_curve") or {}).get("ratio")
+            rows.append({"benchmark": f"efficiency, {key.split('/', 1)[1]}", "measure":
+                         "RL samples to RL's peak / FST samples to it (mean curve of seeds)", "target": "≥ 3×",
+                         "measured": ms if ms is not None else "FST did not reach it" if a.get("curves", {}).get("fst")
+                         else "–", "met": (ms or 0) >= 3.0})
+            kls = [x for x in a.get("kl_ratio_seeds", []) if x is not None]
+            if kls:
+                kl = sorted(kls)[len(kls) // 2]
+                rows.append({"benchmark": f"efficiency, {key.split('/', 1)[1]}", "measure":
+                             "KL FST / KL RL at matched val reward (median of seeds)", "target": "≤ 0.3×",
+                             "measured": kl, "met": kl <= 0.3})
+    if not rows:
+        return []
+    for row in rows:
+        row["met"] = "–" if row["met"] is None else ("✅" if row["met"] else "❌")
+    return ["## Summary against the targets", "", table(rows), ""]
+
+
+def render_docs(out: Path, smoke: bool, doc_path: Path | None = None) -> Path:
+    results = {n: _result(n, out, smoke) for n in BENCHMARKS}
+    plots_rel = "plots"
+    lines = ["# Benchmarks", "",
+             "<!-- generated by `python -m benchmarks.run_all` (or `--docs-only`); edit benchmarks/*.py, not this file "
+             "-->", "",
+             "Every number below comes from a JSON file in `benchmarks/results/`, produced by the command shown in "
+             "its section. `make bench` runs them all; `make bench-smoke` (and `tests/test_benchmarks_smoke.py`) "
+             "checks the pipeline with a tiny random model and says nothing about the numbers.", "",
+             "llama.cpp is an optional, benchmark-only dependency (never a test dependency). Its default native "
+             "build segfaults on this CPU (AVX-512/AMX); build it with:", "", f"    {LLAMA_BUILD}", "",
+             "(~8.5 minutes; pip caches the wheel). Without it the rollout benchmark reports "
+             "\"llama.cpp: not installed\".", ""]
+    lines += _summary(results)
+    lines += _machine_section(results)
+    for name, (_, _, title) in BENCHMARKS.items():
+        res = results[name]
+        lines += [f"## {title}", ""]
+        if res is None:
+            lines += [f"Not run yet: `{' '.join(command(name, smoke, out)[1:])}`.", ""]
+            continue
+        mod = _module(name)
+        try:
+            body = mod.markdown(res, plots_rel) if name != "slow_overhead" else mod.markdown(res)
+        except Exception as e:  # a result from an older format must not block the rest of the doc
+            body = f"(could not render {name}: {type(e).__name__}: {e})"
+        doc = (getattr(mod, "__doc__", "") or "").strip().split("\n\n")
+        intro = [p.strip("\n") for p in doc[1:] if not p.lstrip().startswith(("python", "nohup"))]
+        for para in intro:  # the module docstring says what is compared and why
+            lines += [para, ""]
+        lines += [body, ""]
+        notes = FINDINGS.get(name)
+        if notes and not smoke:
+            lines += [notes.strip(), ""]
+    path = doc_path or ((out / "BENCHMARKS.md") if smoke else DOCS / "BENCHMARKS.md")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return path
+
+
+# Hand-written interpretation that goes under each section (kept here so the doc stays generated).
+FINDINGS: dict[str, str] = {}
+try:  # optional: findings written after the runs (benchmarks/findings.py)
+    from benchmarks.findings import FINDINGS as _F
+
+    FINDINGS.update(_F)
+except ImportError:
+    pass
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny model, tiny counts: checks the pipeline (CI)")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of {list(BENCHMARKS)}")
+    p.add_argument("--skip", default="", help="comma-separated benchmarks to skip")
+    p.add_argument("--docs-only", action="store_true", help="only re-render the doc from existing results")
+    p.add_argument("--out", default=None, help="results dir (default benchmarks/results; smoke: test-artifacts/bench-smoke)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per benchmark")
+    args = p.parse_args(argv)
+    out = Path(args.out) if args.out else (SMOKE_RESULTS if args.smoke else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in (args.only.split(",") if args.only else BENCHMARKS) if n]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    names = [n for n in names if n not in args.skip.split(",")]
+    status = []
+    if not args.docs_only:
+        for n in names:
+            status.append(run_benchmark(n, args.smoke, out, args.timeout))
+    render_docs(out, args.smoke)
+    failed = [s for s in status if s["returncode"] != 0]
+    for s in status:
+        print(f"{s['name']:>14}: exit {s['returncode']} in {fmt(s['seconds'])}s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
