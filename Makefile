@@ -57,7 +57,7 @@ bench-smoke: install
 
 # Headless Chromium for the browser tests (Debian package; Playwright's own download can't work here).
 browser-deps:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium unavailable: browser tests will skip"
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null) || echo "chromium unavailable: browser tests will skip"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -182,14 +182,9 @@ def render_docs(out: Path, smoke: bool, doc_path: Path | None = None) -> Path:
     return path
 
 
-# Hand-written interpretation that goes under each section (kept here so the doc stays generated).
+# Hand-written interpretation that goes under each section of the full doc (kept here so the doc stays
+# generated). Update it when the numbers change.
 FINDINGS: dict[str, str] = {}
-try:  # optional: findings written after the runs (benchmarks/findings.py)
-    from benchmarks.findings import FINDINGS as _F
-
-    FINDINGS.update(_F)
-except ImportError:
-    pass
 
 
 def main(argv=None) -> int:

@@ -133,11 +133,14 @@ class Session:
         d = self.run_dir
         for sub in ("harnesses/all", "harnesses/current", "populations", "checkpoints", "rollouts", "fast"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(d / CONFIG, self.config.to_yaml())
         self._store(self.seed_harness)
         self._write_current()
         self._event("start", mode=self.config.mode, task=self.stages[0].task, seed_harness=self.seed_harness.id)
         self._save_state()
+        # config.yaml marks a run directory (resume() requires it), so it is written last: a crash while the
+        # run is being created leaves a directory that the same Session(...) call simply initialises again,
+        # never one that can neither be resumed (no state.json) nor re-created (config.yaml exists).
+        atomic_write_text(d / CONFIG, self.config.to_yaml())
 
     # ================================================================== resume
     @classmethod
@@ -688,7 +691,7 @@ class Session:
 
     def lineage(self) -> list[dict]:
         return [{"id": h.id, "name": h.name, "origin": h.lineage.origin, "round": h.lineage.round,
-                 "parents": list(h.lineage.parents), "in_population": h in self.population,
+                 "parents": list(h.lineage.parents), "note": h.lineage.note, "in_population": h in self.population,
                  "score": self.population_scores.get(h.id)} for h in self.harnesses.values()]
 
     def _progress(self, iterable: Iterable | None = None, **kw):

@@ -32,6 +32,9 @@ def test_sample_file_via_registry():
     ex = next(e for s in SPLITS for e in task.examples(s) if e.id == "cap-1")
     assert ex.inputs == {"question": "What is the capital of France?"} and ex.answer == "Paris"
     assert ex.meta["where"].endswith("my_task.jsonl:1")
+    # the session passes level and seed to every task; a file has no levels
+    same = get_task("jsonl", level=1, seed=0, path=str(REPO / "examples" / "my_task.jsonl"))
+    assert same.examples("val") == task.examples("val")
 
 
 def test_hash_split_is_deterministic_disjoint_and_seeded(tmp_path):

@@ -328,6 +328,10 @@ class DatasetTask(UserTask):
 
 
 @register_task("jsonl")
-def _jsonl_task(path: str | os.PathLike, scorer: str | Callable[..., Any] = "exact", **kwargs) -> JsonlTask:
-    """``get_task("jsonl", path=..., scorer=...)``: keyword arguments as :meth:`JsonlTask.from_jsonl`."""
+def _jsonl_task(path: str | os.PathLike, scorer: str | Callable[..., Any] = "exact", *, level: int | None = None,
+                **kwargs) -> JsonlTask:
+    """``get_task("jsonl", path=..., scorer=...)``: keyword arguments as :meth:`JsonlTask.from_jsonl`.
+
+    ``level`` is accepted (the session passes one to every task) and ignored: a file has no levels.
+    """
     return JsonlTask.from_jsonl(path, scorer, **kwargs)

@@ -103,7 +103,9 @@ def progress_figure(records: Sequence[dict], population_scores: Mapping[str, flo
         d.barh(range(len(ids)), vals, color=cols)
         d.set_yticks(range(len(ids)), [f"{h[:8]} ({(origins or {}).get(h, '?')})" for h in ids], fontsize=7)
         d.invert_yaxis()
-    d.set(title="Population scores (GEPA val)", xlabel="score")
+    d.set(title="Population scores (GEPA val)", xlabel="score", xlim=(0, 1.05))
+    for ax in (a, b, c):  # rewards live in [0, 1]: fixed axes make refreshes comparable
+        ax.set_ylim(-0.05, 1.05)
 
     for ax in (a, b, c, d):
         if not ax.has_data():
