@@ -44,7 +44,7 @@ def config(args, seed: int) -> dict:
                     fast_train_size=args.fast_train, fast_val_size=args.fast_val, eval_size=args.eval_size,
                     max_new_tokens=args.max_new_tokens,
                     fast={"budget_passes": args.budget_passes, "reflection_max_tokens": args.reflection_max_tokens},
-                    slow={"learning_rate": args.lr, "kl_probe_size": 4})
+                    slow={"learning_rate": args.lr, "warmup_steps": args.warmup, "kl_probe_size": 4})
     return dict(task=STAGES[0], harness="generic", steps_per_cycle=T, cycles=len(STAGES) * max(1, steps // T),
                 stages=[{"task": t, "level": 1, "steps": steps, "harness": "generic"} for t in STAGES],
                 eval_k=1, seed=seed, checkpoint_every=10_000, save_rollouts=0, **base)
@@ -165,7 +165,7 @@ def plot(res: dict, out_dir: Path) -> list[Path]:
     for stage, t in enumerate(STAGES):
         starts = [e["rl_step"] for e in runs[0]["evals"] if e["stage"] == stage]
         if starts:
-            ax.text(starts[0] + 0.1, 1.02, t, fontsize=8, transform=ax.get_xaxis_transform())
+            ax.text(starts[0] + 0.1, 0.97, t, fontsize=8, va="top", transform=ax.get_xaxis_transform())
     ax.set_xlabel("RL step")
     ax.set_ylabel("val reward (stage's own task)")
     ax.set_title("Per-stage validation reward")
@@ -228,13 +228,14 @@ def main(argv=None) -> dict:
         p.add_argument("--K", type=int, default=2)
         p.add_argument("--G", type=int, default=4)
         p.add_argument("--prompts", type=int, default=2)
-        p.add_argument("--fast-train", type=int, default=4)
+        p.add_argument("--fast-train", type=int, default=3)
         p.add_argument("--fast-val", type=int, default=4)
         p.add_argument("--budget-passes", type=float, default=2.0)
-        p.add_argument("--reflection-max-tokens", type=int, default=160)
-        p.add_argument("--eval-size", type=int, default=12)
+        p.add_argument("--reflection-max-tokens", type=int, default=128)
+        p.add_argument("--eval-size", type=int, default=8)
         p.add_argument("--max-new-tokens", type=int, default=48)
-        p.add_argument("--lr", type=float, default=2e-5)
+        p.add_argument("--lr", type=float, default=1e-4)
+        p.add_argument("--warmup", type=int, default=0)
         p.add_argument("--fresh", action="store_true", help="ignore runs already in the results file")
 
     args = parse_args(__doc__.splitlines()[0], argv, extra)

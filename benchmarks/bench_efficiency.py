@@ -62,7 +62,8 @@ def base_config(args, task: str, seed: int) -> dict:
                 num_generations=args.G, prompts_per_step=args.prompts, fast_train_size=args.fast_train,
                 fast_val_size=args.fast_val, eval_size=args.eval_size, eval_k=1, max_new_tokens=args.max_new_tokens,
                 fast={"budget_passes": args.budget_passes, "reflection_max_tokens": args.reflection_max_tokens},
-                slow={"learning_rate": args.lr, "kl_probe_size": 4}, seed=seed, checkpoint_every=10_000,
+                slow={"learning_rate": args.lr, "warmup_steps": args.warmup, "kl_probe_size": 4}, seed=seed,
+                checkpoint_every=10_000,
                 save_rollouts=0)
 
 
@@ -245,30 +246,31 @@ def run(args) -> dict:
     root = (Path(args.out) / "runs") if smoke else REPO / "runs" / "bench-efficiency"
     done = {(r["variant"], r["task"], r["seed"], r["mode"]) for r in res["runs"]}
     t_start = time.time()
-    for seed in seeds:  # seeds outermost: a stopped run still has complete comparisons for the first seeds
-        for task in tasks:
-            cfg = apply_variant(base_config(args, task, seed), args.variant)
-            res["configs"][f"{args.variant}/{task}"] = {k: v for k, v in cfg.items() if k != "seed"}
-            for mode in modes:
-                key = (args.variant if mode != "rl" else "default", task, seed, mode)
-                if key in done:
-                    print(f"skip {key}: already in {args.out / (NAME + '.json')}", flush=True)
-                    continue
-                if args.deadline and time.time() - t_start > args.deadline * 60:
-                    res["stopped_early"] = f"deadline of {args.deadline} min reached before {key}"
-                    print(res["stopped_early"], flush=True)
-                    break
-                print(f"[{time.strftime('%H:%M:%S')}] {key[0]} {task} seed {seed} {mode} "
-                      f"(load {loadavg()})", flush=True)
-                rd = root / key[0] / task / f"{mode}-s{seed}"
-                out = run_one(cfg, mode, rd, smoke=smoke, ablation=(mode == "fst"))
-                out.update(variant=key[0], task=task, seed=seed, loadavg_end=loadavg())
-                res["runs"].append(out)
-                done.add(key)
-                res["analysis"] = analyse(res)
-                save_result(args.out, NAME, res)
-                ev = [r["reward"] for r in out["records"] if r.get("kind") == "eval"]
-                print(f"    {out['seconds']:.0f}s, val {ev}", flush=True)
+    # A stopped run keeps complete comparisons: by default all seeds of the first task come first.
+    order = [(t, s_) for t in tasks for s_ in seeds] if args.order == "task" else [(t, s_) for s_ in seeds for t in tasks]
+    for task, seed in order:
+        cfg = apply_variant(base_config(args, task, seed), args.variant)
+        res["configs"][f"{args.variant}/{task}"] = {k: v for k, v in cfg.items() if k != "seed"}
+        for mode in modes:
+            key = (args.variant if mode != "rl" else "default", task, seed, mode)
+            if key in done:
+                print(f"skip {key}: already in {args.out / (NAME + '.json')}", flush=True)
+                continue
+            if args.deadline and time.time() - t_start > args.deadline * 60:
+                res["stopped_early"] = f"deadline of {args.deadline} min reached before {key}"
+                continue
+            print(f"[{time.strftime('%H:%M:%S')}] {key[0]} {task} seed {seed} {mode} (load {loadavg()})", flush=True)
+            rd = root / key[0] / task / f"{mode}-s{seed}"
+            out = run_one(cfg, mode, rd, smoke=smoke, ablation=(mode == "fst"))
+            out.update(variant=key[0], task=task, seed=seed, loadavg_end=loadavg())
+            res["runs"].append(out)
+            done.add(key)
+            res["analysis"] = analyse(res)
+            save_result(args.out, NAME, res)
+            ev = [round(r["reward"], 3) for r in out["records"] if r.get("kind") == "eval"]
+            print(f"    {out['seconds']:.0f}s, val {ev}", flush=True)
+    if res.get("stopped_early"):
+        print(res["stopped_early"], flush=True)
     res["analysis"] = analyse(res)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     res["loadavg_end"] = loadavg()
@@ -439,8 +441,33 @@ def _final_kl(r: dict):
     return pts[-1][1] if pts else None
 
 
+def merge(out_dir: Path, others: list[str]) -> dict:
+    """Fold the runs of other result files (e.g. a second process on another task) into ``out_dir``'s."""
+    res = load_result(out_dir, NAME) or {}
+    res.setdefault("runs", [])
+    have = {(r["variant"], r["task"], r["seed"], r["mode"]) for r in res["runs"]}
+    for o in others:
+        other = load_result(Path(o), NAME)
+        if other is None:
+            raise SystemExit(f"no {NAME}.json in {o}")
+        for r in other.get("runs", []):
+            if (r["variant"], r["task"], r["seed"], r["mode"]) not in have:
+                res["runs"].append(r)
+                have.add((r["variant"], r["task"], r["seed"], r["mode"]))
+        res.setdefault("configs", {}).update(other.get("configs", {}))
+        res.setdefault("commands", []).extend(c for c in other.get("commands", []) if c not in res["commands"])
+        if other.get("stopped_early"):
+            res["stopped_early"] = "; ".join(x for x in (res.get("stopped_early"), other["stopped_early"]) if x)
+    res["analysis"] = analyse(res)
+    save_result(out_dir, NAME, res)
+    plot(res, plot_dir(out_dir, bool(res.get("smoke"))))
+    return res
+
+
 def main(argv=None) -> dict:
     def extra(p):
+        p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                       help="only fold the runs in DIR/efficiency.json into --out's file (parallel processes)")
         p.add_argument("--tasks", default="math,hover")
         p.add_argument("--seeds", default="0,1,2")
         p.add_argument("--modes", default=",".join(MODES))
@@ -450,13 +477,18 @@ def main(argv=None) -> dict:
         p.add_argument("--K", type=int, default=2)
         p.add_argument("--G", type=int, default=4)
         p.add_argument("--prompts", type=int, default=2, help="problems per RL step")
-        p.add_argument("--fast-train", type=int, default=4)
+        p.add_argument("--fast-train", type=int, default=3)
         p.add_argument("--fast-val", type=int, default=4)
         p.add_argument("--budget-passes", type=float, default=2.0)
-        p.add_argument("--reflection-max-tokens", type=int, default=160)
-        p.add_argument("--eval-size", type=int, default=12)
+        p.add_argument("--reflection-max-tokens", type=int, default=128)
+        p.add_argument("--eval-size", type=int, default=8)
         p.add_argument("--max-new-tokens", type=int, default=48)
-        p.add_argument("--lr", type=float, default=2e-5)
+        p.add_argument("--lr", type=float, default=1e-4, help="LoRA learning rate (a few steps only: higher than "
+                                                                 "the library default 2e-5)")
+        p.add_argument("--warmup", type=int, default=0, help="warm-up steps (paper: 10, for runs of hundreds of "
+                                                              "steps; with 6 steps it would keep the rate near 0)")
+        p.add_argument("--order", choices=("task", "seed"), default="task",
+                       help="outer loop: all seeds of a task first (default), or all tasks of a seed first")
         p.add_argument("--deadline", type=float, default=None, help="minutes; start no new run after it")
         p.add_argument("--fresh", action="store_true", help="ignore runs already in the results file")
 
@@ -468,7 +500,7 @@ def main(argv=None) -> dict:
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.modes = [m for m in args.modes.split(",") if m]
-    res = run(args)
+    res = merge(args.out, args.merge) if args.merge else run(args)
     print(markdown(res))
     return res
 

@@ -160,15 +160,20 @@ def run(args) -> dict:
         rec = plain.step()
         return time.perf_counter() - t, rec.get("step_time")
 
-    for _ in range(args.warmup):  # allocator / first-call warm-up, not measured
-        time_ours()
-        time_plain()
+    def say(msg):
+        print(f"[bench {time.time() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    say(f"built both trainers in {build_s:.1f}s")
+    for i in range(args.warmup):  # allocator / first-call warm-up, not measured
+        say(f"warm-up {i + 1}: ours {time_ours()[0]:.1f}s, plain {time_plain()[0]:.1f}s")
     pairs = []
     for i in range(args.pairs):
         order = ("ours", "plain") if i % 2 == 0 else ("plain", "ours")
         res = {}
         for side in order:
             res[side] = time_ours() if side == "ours" else time_plain()
+        say(f"pair {i + 1}/{args.pairs} ({'-'.join(order)}): ours {res['ours'][0]:.1f}s, "
+            f"plain {res['plain'][0]:.1f}s")
         pairs.append({"order": "-".join(order), "ours_s": res["ours"][0], "plain_s": res["plain"][0],
                       "ours_trl_step_time": res["ours"][1], "plain_trl_step_time": res["plain"][1],
                       "ratio": res["ours"][0] / res["plain"][0]})

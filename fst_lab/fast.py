@@ -529,6 +529,7 @@ class _Tracker:
         self.adapter, self.on_event = adapter, on_event
         self.accepted = self.rejected = self.errors = 0
         self.error_messages: list[str] = []
+        self._parent_sum: float | None = None
 
     def _emit(self, event: str, **kw) -> None:
         if self.on_event is not None:
@@ -545,13 +546,18 @@ class _Tracker:
 
     def on_iteration_start(self, e):
         self.adapter.iteration = e["iteration"]
+        self._parent_sum = None
+
+    def on_evaluation_end(self, e):
+        if e.get("candidate_idx") is not None and e.get("has_trajectories"):
+            self._parent_sum = float(sum(e["scores"]))  # the parent's minibatch, before reflection
 
     def on_candidate_accepted(self, e):
         self.accepted += 1
         rec = self._last()
         if rec is not None:
             rec.status = "accepted"
-            rec.subsample_after = e.get("new_score")
+            rec.subsample_before, rec.subsample_after = self._parent_sum, e.get("new_score")
         self._emit("accepted", iteration=e["iteration"], candidate=e["new_candidate_idx"],
                    operator=rec.operator if rec else None, subsample_score=e.get("new_score"))
 

@@ -264,12 +264,12 @@ class ReflectionLM:
                             self._stats.retries += 1
                         wait = min(30.0, self.retry_backoff * (2 ** (attempts - 1)))
                         log.info("reflection LM %s: %s (%s); retry %d/%d in %.1fs", self.model, kind,
-                                 _short(e), attempts, self.num_retries, wait)
+                                 self._redact(_short(e)), attempts, self.num_retries, wait)
                         if wait > 0:
                             time.sleep(wait)
                         continue
-                    raise ReflectionError(f"{type(e).__name__}: {_short(e)}", kind=kind, model=self.model,
-                                          attempts=attempts) from e
+                    raise ReflectionError(f"{type(e).__name__}: {self._redact(_short(e))}", kind=kind,
+                                          model=self.model, attempts=attempts) from None
         except ReflectionError as e:
             with self._lock:
                 self._stats.failures += 1
@@ -280,6 +280,11 @@ class ReflectionLM:
         finally:
             with self._lock:
                 self._stats.seconds += time.time() - t0
+
+    def _redact(self, text: str) -> str:
+        """Provider error messages may echo the key back: never pass it on."""
+        key = self.__api_key
+        return text.replace(key, "<api_key>") if key and len(key) >= 4 else text
 
     def _attempt(self, messages: list[dict]) -> str:
         litellm = _litellm()

@@ -237,9 +237,19 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
         raise RunDirError(f"no run directory at {p}")
     if not (p / CONFIG).exists():
         raise RunDirError(f"{p} is not a run directory (no {CONFIG})")
-    config = yaml.safe_load((p / CONFIG).read_text(encoding="utf-8")) or {}
-    return RunView(path=p, config=config, state=read_json(p / STATE, {}) or {},
-                   metrics=read_jsonl(p / METRICS), events=read_jsonl(p / EVENTS))
+    # An unreadable config/state (bad YAML or JSON, python tags that safe_load refuses, not UTF-8, not a
+    # mapping) is a RunDirError like any other unreadable run: callers (the app) catch that one type.
+    try:
+        config = yaml.safe_load((p / CONFIG).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, ValueError) as e:
+        raise RunDirError(f"{p / CONFIG}: unreadable ({type(e).__name__}: {e})") from None
+    try:
+        state = read_json(p / STATE, {}) or {}
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise RunDirError(f"{p / STATE}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise RunDirError(f"{p}: {CONFIG} and {STATE} must each hold a mapping")
+    return RunView(path=p, config=config, state=state, metrics=read_jsonl(p / METRICS), events=read_jsonl(p / EVENTS))
 
 
 def running_max(values: Iterable[float]) -> list[float]:

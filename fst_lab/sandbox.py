@@ -76,6 +76,7 @@ if _limits["netns"]:
     try:
         import ctypes as _ct
         _ct.CDLL(None, use_errno=True).unshare(0x40000000)  # CLONE_NEWNET
+        del _ct
     except Exception:
         pass
 
@@ -157,10 +158,9 @@ sys.addaudithook(_make_hook(_root, _read_ok, ("/dev/null", "/dev/urandom", "/dev
                             _BLOCKED_EVENTS, dict(_PATH_EVENTS), _WRITE_FLAGS, os.path.realpath, os.fsdecode))
 del _f, _limit, _n, _m, _make_hook
 
-_code = compile(_src, "<sandbox>", "exec")
 _g = {"__name__": "__main__", "__builtins__": __builtins__}
 try:
-    exec(_code, _g)
+    exec(compile(_src, "<sandbox>", "exec"), _g)
 except SystemExit:
     raise
 except BaseException as _e:

@@ -35,14 +35,17 @@ from fst_lab.harness import Harness
 from fst_lab.runs import load_run, read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "scripts"))
+from fault_server import FaultServer  # noqa: E402
 WORKER = REPO / "tests" / "scripts" / "crash_worker.py"
 SEED = int(os.environ.get("FST_CRASH_SEED", "20261122"))
 
-CONFIG = dict(task="math", mode="fst", cycles=1000, steps_per_cycle=2, population_size=2, num_generations=2,
-              prompts_per_step=1, fast_train_size=2, fast_val_size=2, eval_size=2, max_new_tokens=4,
+CONFIG = dict(task="crash-keyword", harness="math", mode="fst", cycles=1000, steps_per_cycle=2, population_size=2,
+              num_generations=2, prompts_per_step=1, fast_train_size=2, fast_val_size=2, eval_size=2, max_new_tokens=4,
               save_rollouts=1, seed=0, checkpoint_every=1,
-              fast={"max_metric_calls": 6, "reflection_minibatch_size": 1, "max_new_tokens": 4,
-                    "reflection_max_tokens": 8, "bootstrap_every": 2},
+              fast={"max_metric_calls": 8, "reflection_minibatch_size": 1, "max_new_tokens": 4,
+                    "reflection_lm": "openai/x", "api_key_env": "FST_CRASH_KEY", "reflection_retries": 0,
+                    "reflection_timeout": 30.0, "bootstrap_every": 2},
               slow={"learning_rate": 1e-3, "kl_probe_size": 0, "warmup_steps": 0})
 
 # Where the child kills itself: "<target>:<enter|exit|torn>:<n-th call in that child>".
@@ -72,7 +75,7 @@ N_RANDOM = int(os.environ.get("FST_CRASH_RANDOM", "6"))         # + seeded rando
 
 class ForkServer:
     def __init__(self, log: Path):
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "FST_CRASH_KEY": "sk-test"}
         self.err = open(log, "ab")
         self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, env=env, cwd=str(REPO), text=True, bufsize=1)
@@ -177,6 +180,11 @@ def check_run_dir(run_dir: Path, *, resumed: bool) -> list[str]:
 def test_sigkill_at_many_points_never_loses_work(tmp_path):
     rng = random.Random(SEED)
     run_dir = tmp_path / "crash"
+    # The reflection LM: a local OpenAI-compatible server whose every reply adds a BANANA, which the
+    # worker's "crash-keyword" task rewards, so GEPA keeps accepting proposals and the population changes.
+    reflector = FaultServer(default="banana").start()
+    config = json.loads(json.dumps(CONFIG))
+    config["fast"]["api_base"] = reflector.api_base
     server = ForkServer(tmp_path / "server.log")
     plan = [("point", p) for p in CRASH_POINTS]
     # random-delay kills spread over the plan (after the run exists, so they land in real work)
@@ -188,7 +196,7 @@ def test_sigkill_at_many_points_never_loses_work(tmp_path):
     t_start = time.time()
     try:
         for kind, what in plan:
-            cmd = {"run_dir": str(run_dir), "config": CONFIG, "cycles": 2}
+            cmd = {"run_dir": str(run_dir), "config": config, "cycles": 2}
             if kind == "point":
                 cmd["crash_at"] = what
             out = server.run(cmd, kill_after=what if kind == "random" else None)
@@ -208,7 +216,7 @@ def test_sigkill_at_many_points_never_loses_work(tmp_path):
             prev = cur if cur is not None else prev
         # a last uninterrupted run: resumes, finishes two cycles, and everything adds up
         before = _counters(run_dir)
-        out = server.run({"run_dir": str(run_dir), "config": CONFIG, "cycles": 2})
+        out = server.run({"run_dir": str(run_dir), "config": config, "cycles": 2})
         assert out["code"] == 0, f"final run failed; see {run_dir}.log"
         after = _counters(run_dir)
         problems = _monotone(before, after) + check_run_dir(run_dir, resumed=True)
@@ -217,6 +225,7 @@ def test_sigkill_at_many_points_never_loses_work(tmp_path):
             failures.append(f"final: {problems}")
     finally:
         server.close()
+        reflector.close()
     notes = read_jsonl(f"{run_dir}.worker.jsonl")
     resumes = sum(n["event"] == "resumed" for n in notes)
     tally["clean"] = resumes - sum(1 for f in failures if "final" not in f)
@@ -224,6 +233,8 @@ def test_sigkill_at_many_points_never_loses_work(tmp_path):
     print(f"\n[crash safety] kills tried: {tally['kills']} (+{tally['no_kill']} finished first), "
           f"resumes: {resumes}, resumes clean: {tally['clean']}, {elapsed:.0f}s, "
           f"final counters {_counters(run_dir)}")
+    pops = {tuple(e["population"]) for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "fast"}
+    print(f"[crash safety] distinct populations across fast rounds: {len(pops)}")
     assert not failures, "\n".join(failures)
     assert tally["kills"] >= 20
     events = [e["event"] for e in load_run(run_dir).events]

@@ -165,6 +165,17 @@ def test_api_key_is_never_logged_or_serialised(caplog):
     assert secret not in repr(lm) and "<set>" in repr(lm)
     assert lm.describe()["api_key_set"] is True and secret not in json.dumps(lm.describe())
     assert secret not in json.dumps(lm.stats.to_json())
+    # a provider that echoes the key in its error message is redacted too
+    import litellm
+
+    echo = litellm.AuthenticationError(message=f"Incorrect API key provided: {secret}", llm_provider="openai",
+                                       model="gpt-4o-mini")
+    lm = ReflectionLM("openai/gpt-4o-mini", api_key=secret, mock_response=echo)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(ReflectionError) as ei:
+            lm("p")
+    assert secret not in str(ei.value) and "<api_key>" in str(ei.value)
+    assert secret not in lm.stats.last_error and secret not in caplog.text
 
 
 def test_classify_error_by_status_code():

@@ -56,7 +56,7 @@ def tool_rollouts(embedded_policy):
     pairs = [
         (seed, exs[0]),
         (_variant(seed, '{"name": "lookup", "arguments": {"query": "ENTITY"}}'), exs[1]),
-        (_variant(seed, '{"name": "search", "arguments": {"query": ENTITY}}'), exs[2]),
+        (_variant(seed, '{"name": "search", "arguments": {"query": "ENTITY",}}'), exs[2]),  # trailing comma
         (seed, exs[3]),
     ]
     return task, exs, rollout_pairs(embedded_policy, pairs, task, temperature=0.0)

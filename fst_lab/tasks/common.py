@@ -10,12 +10,15 @@ two splits share an input.
 from __future__ import annotations
 
 import ast
+import logging
 import math
 import operator
 import random
 from typing import Any, Callable
 
 from fst_lab.tasks.base import SPLITS, Example
+
+log = logging.getLogger(__name__)
 
 # Fill order: a split's content depends only on the splits filled before it.
 _FILL_ORDER = ("test", "val", "train")
@@ -85,15 +88,15 @@ class GeneratedTask:
         return exs
 
     def examples(self, split: str, n: int | None = None) -> list[Example]:
-        """The first ``n`` examples of a split (all of it when ``n`` is None)."""
+        """The first ``n`` examples of a split (all of it when ``n`` is None or larger than the split)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split '{split}' (choose from {list(SPLITS)})")
         if self._splits is None:
             self._splits = self.build()
         exs = self._splits[split]
         if n is not None and n > len(exs):
-            raise ValueError(f"asked for {n} '{split}' examples of '{self.name}' but the split has {len(exs)}; "
-                             f"construct the task with n_{split}={n}")
+            log.warning("asked for %d '%s' examples of '%s' but the split has %d (construct the task with "
+                        "n_%s=%d for more)", n, split, self.name, len(exs), split, n)
         return list(exs if n is None else exs[:n])
 
 

@@ -108,6 +108,7 @@ class Dashboard:
         self.rollout_source.observe(self._on_rollout_source, names="value")
         self.rollout_pick.observe(self._on_rollout_pick, names="value")
         self._rollouts: list[dict] = []
+        self._loaded_source: str | None = None
 
         # harness editor
         self.editor_target = W.Dropdown(description="harness", layout=W.Layout(width="520px"))
@@ -348,22 +349,21 @@ class Dashboard:
         return sorted(d.glob("*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True) if d.exists() else []
 
     def refresh_rollout_sources(self, select: str | None = None) -> None:
+        """Offer the latest sources; reload the shown one only if it changed (or ``select`` asks to)."""
         opts = ([MEMORY_SOURCE] if getattr(self.session, "last_trajectories", None) else [])
         opts += [p.name for p in self._rollout_files()]
         current = self.rollout_source.value
-        if list(self.rollout_source.options) != opts:
-            self._quiet = True
-            try:
+        target = select if select in opts else current if current in opts else (opts[0] if opts else None)
+        self._quiet = True
+        try:
+            if list(self.rollout_source.options) != opts:
                 self.rollout_source.options = opts
-                keep = select if select in opts else current if current in opts else (opts[0] if opts else None)
-                self.rollout_source.value = keep
-            finally:
-                self._quiet = False
-            self._load_rollouts(self.rollout_source.value)
-        elif select in opts and select != current:
-            self.rollout_source.value = select  # observer loads it
-        elif select is not None and select == current:
-            self._load_rollouts(select)
+            if self.rollout_source.value != target:
+                self.rollout_source.value = target
+        finally:
+            self._quiet = False
+        if target != self._loaded_source or select is not None:
+            self._load_rollouts(target)
         if not opts:
             self.rollout_view.value = "<i>no rollouts yet: take a step or evaluate</i>"
 
@@ -379,6 +379,7 @@ class Dashboard:
         else:
             trajs = read_jsonl(Path(self.session.run_dir) / "rollouts" / source)
         self._rollouts = trajs
+        self._loaded_source = source
         self.rollout_pick.options = [(render.trajectory_label(t, i), i) for i, t in enumerate(trajs)]
         self.rollout_pick.value = 0 if trajs else None
         self._on_rollout_pick({"new": self.rollout_pick.value})

@@ -56,6 +56,43 @@ def _preload() -> None:
 
     _litellm()
     get_task("math", level=1, seed=0)  # warms the task registry and its generators
+    _register_keyword_task()
+
+
+def _register_keyword_task() -> None:
+    """``crash-keyword``: reward grows with the number of BANANAs in the system prompt, so the fault
+    server's ever longer BANANA replies are accepted by GEPA and the population keeps changing."""
+    from fst_lab.tasks.base import Example, Score, register_task
+
+    @register_task("crash-keyword")
+    class KeywordTask:
+        name = "crash-keyword"
+
+        def __init__(self, level: int = 1, seed: int = 0, **_):
+            self.level, self.seed = level, seed
+
+        def examples(self, split, n=None):
+            return [Example(id=f"{split}-{i}", inputs={"question": f"What is {i} + {i}?"}, answer=2 * i)
+                    for i in range(n or 8)]
+
+        def score(self, example, traj):
+            msgs = traj.messages
+            system = msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else ""
+            n = system.count("BANANA")
+            return Score(min(1.0, n / 1000.0), f"{n} BANANA(s) in the instructions; more is better.")
+
+        def tool_impls(self):
+            return {}
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (no orphaned workers if the test is interrupted)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 # ---------------------------------------------------------------------------- instrumented kill points
@@ -106,10 +143,11 @@ def install_crash_point(spec: str) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             _die(f"torn {target} #{n}")
-        out = original(*args, **kwargs)
-        if when == "exit":
-            _die(f"exit {target} #{n}")
-        return out
+        try:
+            return original(*args, **kwargs)
+        finally:  # "exit" also after the call raised (e.g. a failed reflection)
+            if when == "exit":
+                _die(f"exit {target} #{n}")
 
     wrapper.__wrapped__ = original
     setattr(owner, attr, staticmethod(wrapper) if is_static else wrapper)
@@ -152,6 +190,7 @@ def child(cmd: dict) -> int:
 
 
 def serve() -> None:
+    _die_with_parent()
     _preload()
     print(json.dumps({"event": "ready", "pid": os.getpid()}), flush=True)
     for line in sys.stdin:
@@ -163,6 +202,7 @@ def serve() -> None:
         if pid == 0:  # the child: its own log, its own process group, never returns into the loop
             code = 1
             try:
+                _die_with_parent()
                 os.setpgid(0, 0)
                 fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 os.dup2(fd, 1)

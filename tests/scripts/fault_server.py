@@ -4,6 +4,7 @@ It serves ``POST /v1/chat/completions``. Each request takes the next *mode* from
 the default when the script runs out) and answers accordingly:
 
     ok[:TEXT]    200, a well-formed completion whose content is TEXT (default: a fenced new instruction)
+    banana       200, a fenced instruction with one more "BANANA" than the previous banana reply
     429 / 500 / 503 / 401 / 400 / 404        that status with an OpenAI-style error body
     timeout      sleeps ``hang_seconds`` before answering (longer than the client's timeout)
     empty        200, content ""
@@ -47,6 +48,7 @@ class FaultServer:
         self.hang_seconds = hang_seconds
         self.long_chars = long_chars
         self.requests: list[dict] = []
+        self.bananas = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         server = self
@@ -135,6 +137,11 @@ class FaultServer:
         if mode.startswith("ok"):
             text = mode.split(":", 1)[1] if ":" in mode else DEFAULT_REPLY
             return h._send(200, self.completion(text, model))
+        if mode == "banana":
+            with self._lock:
+                self.bananas += 1
+                n = self.bananas
+            return h._send(200, self.completion("```\nAnswer carefully. " + "BANANA " * n + "\n```", model))
         if mode.isdigit():
             status = int(mode)
             err = {"error": {"message": f"injected {status}", "type": "injected_fault", "code": status}}
