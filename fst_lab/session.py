@@ -320,12 +320,15 @@ class Session:
                 self.counters["stage_step"] += 1
                 G, P = self.config.num_generations, self.config.prompts_per_step
                 self.counters["samples_rl"] += int(m.get("samples", G * P))
-                if self.counters["rl_step"] % self.config.checkpoint_every == 0:
-                    self._checkpoint()
                 rec = {"kind": "slow", **self._counter_fields(), **_jsonable(m), "seconds": time.time() - t0,
                        "population": [h.id for h in self._train_population()]}
                 self._save_rollouts(getattr(slow, "last_trajectories", None), f"slow_{self.counters['rl_step']:06d}")
+                # The metrics line goes first: the checkpoint also writes state.json, and a step the state
+                # counts must already be in metrics.jsonl (a crash in between would lose its record for
+                # good). A record without a matching state is dropped by resume() and the step redone.
                 self._record(rec)
+                if self.counters["rl_step"] % self.config.checkpoint_every == 0:
+                    self._checkpoint()
                 self._maybe_advance_stage()
                 self._save_state()
                 out.append(rec)
@@ -550,9 +553,11 @@ class Session:
                 with self._lock:
                     self.counters["cycle"] += 1
                     self.counters["plan_pos"] = 0
+                    # Snapshot before evaluate(): it saves state.json, and a cycle the state counts as done
+                    # must already have its population snapshot (a crash in between would lose it).
+                    self._snapshot_population()
                     if evaluate:
                         self.evaluate()
-                    self._snapshot_population()
                     self._save_state()
                 done += 1
         finally:

@@ -427,6 +427,7 @@ class SlowLearner:
         self.set_task(task)
         self._probe_harness = self._population[0]
         self._probe_examples: list | None = None
+        self._probe_cache: dict = {}  # (harness id, example id, length) -> base log-probs on the response
 
         model, peft_config = backends.prepare_model(policy, config, self.backend)
         self._base_copy = None
@@ -779,6 +780,11 @@ class SlowLearner:
         base = self._base_model()
         tok = self.tokenizer
         device = next(model.parameters()).device
+
+        def response_logprobs(m, ids, n):  # log-softmax at the n positions that predict the response
+            logits = m(input_ids=ids, logits_to_keep=n + 1).logits[0, :-1]
+            return torch.log_softmax(logits.float(), -1)
+
         was_training = model.training
         model.eval()
         kls = []
@@ -793,13 +799,17 @@ class SlowLearner:
                     p_ids = tok(render_chat(tok, messages, tools), add_special_tokens=False)["input_ids"]
                     t_ids = tok(f"Answer: {ex.answer}{tok.eos_token or ''}", add_special_tokens=False)["input_ids"]
                     ids = torch.tensor([p_ids + t_ids], device=device)
-                    sl = slice(len(p_ids) - 1, ids.shape[1] - 1)  # positions that predict the response tokens
-                    logp = torch.log_softmax(model(input_ids=ids).logits[0, sl].float(), -1)
-                    if base is None:
-                        with _reference(model):
-                            logq = torch.log_softmax(model(input_ids=ids).logits[0, sl].float(), -1)
-                    else:
-                        logq = torch.log_softmax(base(input_ids=ids).logits[0, sl].float(), -1)
+                    logp = response_logprobs(model, ids, len(t_ids))
+                    # The start weights never change: their log-probs are computed once per probe sequence.
+                    key = (h.id if h is not None else None, ex.id, len(p_ids) + len(t_ids))
+                    logq = self._probe_cache.get(key)
+                    if logq is None:
+                        if base is None:
+                            with _reference(model):
+                                logq = response_logprobs(model, ids, len(t_ids))
+                        else:
+                            logq = response_logprobs(base, ids, len(t_ids))
+                        self._probe_cache[key] = logq
                     kls.append((logp.exp() * (logp - logq)).sum(-1))
         finally:
             model.train(was_training)

@@ -104,13 +104,18 @@ class ForkServer:
         assert out["event"] == "exited" and time.time() - t0 < timeout
         return out
 
-    def close(self) -> None:
+    def close(self) -> dict:
+        """Stop the server; returns its CPU seconds (server and all children)."""
+        bye = {}
         try:
             self.proc.stdin.close()
+            line = self.proc.stdout.readline()
+            bye = json.loads(line) if line else {}
             self.proc.wait(timeout=30)
         except Exception:
             self.proc.kill()
         self.err.close()
+        return bye
 
 
 # ---------------------------------------------------------------------------- invariants
@@ -224,15 +229,16 @@ def test_sigkill_at_many_points_never_loses_work(tmp_path):
         if problems:
             failures.append(f"final: {problems}")
     finally:
-        server.close()
+        cpu = server.close()
         reflector.close()
     notes = read_jsonl(f"{run_dir}.worker.jsonl")
     resumes = sum(n["event"] == "resumed" for n in notes)
     tally["clean"] = resumes - sum(1 for f in failures if "final" not in f)
     elapsed = time.time() - t_start
+    load = os.getloadavg()[0]
     print(f"\n[crash safety] kills tried: {tally['kills']} (+{tally['no_kill']} finished first), "
-          f"resumes: {resumes}, resumes clean: {tally['clean']}, {elapsed:.0f}s, "
-          f"final counters {_counters(run_dir)}")
+          f"resumes: {resumes}, resumes clean: {tally['clean']}, {elapsed:.0f}s wall (load avg {load:.1f}), "
+          f"CPU {cpu.get('cpu_server', 0) + cpu.get('cpu_children', 0):.0f}s, final counters {_counters(run_dir)}")
     pops = {tuple(e["population"]) for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "fast"}
     print(f"[crash safety] distinct populations across fast rounds: {len(pops)}")
     assert not failures, "\n".join(failures)

@@ -182,6 +182,19 @@ def test_policy_views_deepcopy_and_adapter_roundtrip(learner, tmp_path):
     assert torch.allclose(c, c2) and not torch.allclose(a2, c2)
     assert torch.allclose(merged, a2, atol=1e-5)
 
+    # kl_probe == the KL computed by hand from full logits (response positions only)
+    from fst_lab.models import render_chat
+
+    tok, ex = learner.tokenizer, learner.probe_examples()[0]
+    p_ids = tok(render_chat(tok, *learner.population[0].render(ex.inputs)), add_special_tokens=False)["input_ids"]
+    t_ids = tok(f"Answer: {ex.answer}{tok.eos_token}", add_special_tokens=False)["input_ids"]
+    x = torch.tensor([p_ids + t_ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(live(input_ids=x).logits[0, len(p_ids) - 1:-1], -1)
+        lq = torch.log_softmax(base(input_ids=x).logits[0, len(p_ids) - 1:-1], -1)
+    want = float((lp.exp() * (lp - lq)).sum(-1).mean())
+    assert learner.kl_probe("probe", examples=[ex]) == pytest.approx(want, rel=1e-4)
+
     learner.load_adapter(tmp_path / "adapter")
     assert all(torch.equal(saved[k], v) for k, v in _lora(learner).items())
     assert learner.trainer.optimizer is opt  # loaded in place: the optimizer still owns these tensors

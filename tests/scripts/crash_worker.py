@@ -220,6 +220,11 @@ def serve() -> None:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         print(json.dumps({"event": "exited", "pid": pid, "signal": sig, "code": code}), flush=True)
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"event": "bye", "cpu_server": me.ru_utime + me.ru_stime,
+                      "cpu_children": kids.ru_utime + kids.ru_stime}), flush=True)
 
 
 if __name__ == "__main__":
