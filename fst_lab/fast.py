@@ -26,7 +26,6 @@ weights), in its own run directory; GEPA's state there is pickled and is never r
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -369,7 +368,8 @@ class HarnessAdapter:
         return {"Inputs": inputs, "Generated Outputs": generated, "Feedback": feedback.strip()}
 
     # ------------------------------------------------------------------ proposals
-    def propose_new_texts(self, candidate: dict[str, str], reflective_dataset: Mapping[str, Sequence[Mapping[str, Any]]],
+    def propose_new_texts(self, candidate: dict[str, str],
+                          reflective_dataset: Mapping[str, Sequence[Mapping[str, Any]]],
                           components_to_update: list[str]) -> dict[str, str]:
         """GEPA's proposal hook: bootstrap or reflect (see :class:`FastConfig` ``bootstrap_every``)."""
         k = len(self.proposals)
@@ -462,7 +462,8 @@ class HarnessAdapter:
 
     def _rules(self, comp: str) -> str:
         if comp == "task_template":
-            return _COMPONENT_RULES[comp].format(placeholders=", ".join("{" + i + "}" for i in self.base_harness.inputs))
+            names = ", ".join("{" + i + "}" for i in self.base_harness.inputs)
+            return _COMPONENT_RULES[comp].format(placeholders=names)
         return _COMPONENT_RULES.get(comp, "")
 
     def _bootstrap(self, candidate: dict[str, str]) -> tuple[dict[str, str] | None, str]:
@@ -758,7 +759,7 @@ def fast_step(policy: "Policy", task: "Task", population: Sequence[Harness], tra
     prev_scores = {hid: _mean(v) for hid, v in per_instance.items()}
     seed_h = max(members, key=lambda h: prev_scores[h.id])  # first of the best (members are best-first)
     lg.info("fast round %d: re-scored %d member(s) on %d val examples: %s; seed %s", round, len(members), len(val),
-            {k: round_(v) for k, v in prev_scores.items()}, seed_h.id)
+            {k: _r3(v) for k, v in prev_scores.items()}, seed_h.id)
     _emit(on_event, "rescored", round=round, scores=dict(prev_scores), seed=seed_h.id)
 
     # (b) A fresh GEPA optimisation seeded with the best member.
@@ -778,7 +779,8 @@ def fast_step(policy: "Policy", task: "Task", population: Sequence[Harness], tra
         seed_candidate=seed_cand, trainset=train, valset=val, adapter=adapter,
         reflection_lm=rlm if config.max_reflection_cost is not None else None,
         max_reflection_cost=config.max_reflection_cost,
-        candidate_selection_strategy=config.candidate_selection, reflection_minibatch_size=config.reflection_minibatch_size,
+        candidate_selection_strategy=config.candidate_selection,
+        reflection_minibatch_size=config.reflection_minibatch_size,
         max_metric_calls=budget, use_merge=config.use_merge, run_dir=str(gepa_dir) if gepa_dir else None,
         callbacks=[tracker], logger=_GEPALog(lg, gepa_dir / "run_log.txt" if gepa_dir else None),
         display_progress_bar=progress, seed=config.seed + round, raise_on_exception=False,
@@ -902,7 +904,7 @@ def _mean(v: Sequence[float]) -> float:
     return float(sum(v) / len(v)) if v else 0.0
 
 
-def round_(x: float) -> float:
+def _r3(x: float) -> float:
     return float(f"{x:.3f}")
 
 

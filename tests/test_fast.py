@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fst_lab.fast import (FastConfig, FastResult, HarnessAdapter, add_manual, candidate_key, fast_step,
-                          pareto_layers, select_population)
+from fst_lab.fast import (FastConfig, FastResult, HarnessAdapter, add_manual, fast_step, pareto_layers,
+                          select_population)
 from fst_lab.harness import Harness, load_named
 from fst_lab.lm import ReflectionLM
 from fst_lab.models import Generation
@@ -323,7 +323,9 @@ def test_add_manual_lineage_and_population_size(math_harness):
 def test_fast_step_math_embedded_model_with_local_reflector(embedded_policy, math_task, math_harness, tmp_path):
     """The real thing, small: SmolLM2-135M rolls out *and* reflects (``fst-local/policy``)."""
     seed = math_harness.with_components({"system_prompt": TERSE}, origin="manual")
-    cfg = FastConfig(max_metric_calls=30, temperature=0.0, max_new_tokens=48, reflection_max_tokens=96, seed=0)
+    # Budget 21 = the seed's 6 validation runs + one bootstrap proposal (3 + 3 minibatch + 6 validation)
+    # + the parent minibatch of one reflective proposal: both operators run, in well under 90 s.
+    cfg = FastConfig(max_metric_calls=21, temperature=0.0, max_new_tokens=48, reflection_max_tokens=96, seed=0)
     t0 = time.time()
     res = fast_step(embedded_policy, math_task, [seed], math_task.examples("train", 6),
                     math_task.examples("val", 6), config=cfg, round=1, run_dir=tmp_path / "round_0001",
