@@ -43,7 +43,8 @@ TARGET_VS_LLAMA = 1.0  # issue 9: batched fst_lab rollouts >= 1.0x llama.cpp sin
 
 
 # ---------------------------------------------------------------------------- the three runners
-def _plain_generate(policy, prompts: list[str], max_new_tokens: int, batch_size: int) -> tuple[int, list[list[int]]]:
+def _plain_generate(policy, prompts: list[str], max_new_tokens: int, batch_size: int,
+                    **extra) -> tuple[int, list[list[int]]]:
     """``model.generate`` on pre-rendered prompts; returns (tokens generated, ids per prompt)."""
     import torch
 
@@ -54,7 +55,8 @@ def _plain_generate(policy, prompts: list[str], max_new_tokens: int, batch_size:
         enc = tok(prompts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
             seqs = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                  top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                  top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                  **extra)
         for row in seqs[:, enc["input_ids"].shape[1]:].tolist():
             if tok.eos_token_id in row:
                 row = row[: row.index(tok.eos_token_id) + 1]
@@ -155,6 +157,44 @@ def throughput(policy, task, harness, examples, *, batch_sizes, max_new_tokens, 
         rows.append(row)
         print(f"  batch {bs}: " + ", ".join(f"{m} {row[f'{m}_tok_s']:.1f} tok/s" for m in times)
               + f"; fst/plain {row['fst_vs_plain']['median']:.3f}; identical ids {identical}", flush=True)
+    return rows
+
+
+def experiments(policy, prompts_b1: list[str], prompts_bn: list[str], *, max_new_tokens: int, reps: int) -> list[dict]:
+    """Runtime knobs outside fst_lab's code, each paired against plain fp32 ``generate`` (dynamic cache):
+    a static KV cache (no per-step ``torch.cat`` of the cache) and bfloat16 weights (half the bytes per
+    token; this CPU has AMX-BF16). Reported, not adopted: bf16 changes the numbers the policy produces."""
+    import copy
+
+    import torch
+
+    rows = []
+    bf16 = copy.deepcopy(policy)
+    bf16.model = bf16.model.to(torch.bfloat16)
+    variants = {
+        "static KV cache": (policy, {"cache_implementation": "static"}),
+        "bfloat16 weights": (bf16, {}),
+    }
+    for prompts in (prompts_b1, prompts_bn):
+        bs = 1 if prompts is prompts_b1 else len(prompts)
+        for name, (pol, extra) in variants.items():
+            ids: dict[str, list] = {}
+
+            def base():
+                ids["base"] = _plain_generate(policy, prompts, max_new_tokens, bs)
+
+            def variant(pol=pol, extra=extra):
+                ids["variant"] = _plain_generate(pol, prompts, max_new_tokens, bs, **extra)
+
+            times = paired_timings({"fp32 dynamic cache": base, name: variant}, reps, warmup=1)
+            rows.append({"variant": name, "batch": bs, "prompts": len(prompts),
+                         "speedup": paired_ratio(times["fp32 dynamic cache"], times[name]),
+                         "identical_ids": ids["base"][1] == ids["variant"][1],
+                         "base_tok_s": ids["base"][0] / sorted(times["fp32 dynamic cache"])[reps // 2],
+                         "variant_tok_s": ids["variant"][0] / sorted(times[name])[reps // 2], "loadavg": loadavg()})
+            print(f"  experiment {name}, batch {bs}: speedup {rows[-1]['speedup']['median']:.2f}x, "
+                  f"identical ids {rows[-1]['identical_ids']}", flush=True)
+    del bf16
     return rows
 
 
@@ -298,6 +338,11 @@ def run(args) -> dict:
     res["generate_share"] = shares
     save_result(args.out, NAME, res)
 
+    if args.experiments and not smoke:
+        prompts = [policy.chat_prompt(math_h.render(ex.inputs)[0]) for ex in exs]
+        res["experiments"] = experiments(policy, prompts[:2], prompts[:8], max_new_tokens=n_tok, reps=max(2, reps - 1))
+        save_result(args.out, NAME, res)
+
     res["profile_batch1"] = profile_batch1(policy, math_task, math_h, exs[0], max_new_tokens=min(n_tok, 32))
     if llm is not None:
         res["profile_batch1"]["llama_weight_bytes"] = Path(llm.model_path).stat().st_size
@@ -401,6 +446,16 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
                 line += (f"; llama.cpp reads the {lb / 1e6:.0f} MB Q4_1 GGUF → at {b1['llama.cpp_tok_s']:.1f} tok/s "
                          f"that is {lb * b1['llama.cpp_tok_s'] / 1e9:.1f} GB/s")
             out += [line + ".", ""]
+    ex = res.get("experiments")
+    if ex:
+        out += ["Runtime knobs outside fst_lab's code, each against plain float32 `generate` with the default "
+                "dynamic cache (paired, alternating; speedup > 1 is faster):", ""]
+        out.append(table([{"variant": r["variant"], "batch": r["batch"], "prompts": r["prompts"],
+                           "speedup (median)": r["speedup"]["median"],
+                           "range": f"{r['speedup']['min']:.2f}–{r['speedup']['max']:.2f}",
+                           "baseline tok/s": r["base_tok_s"], "variant tok/s": r["variant_tok_s"],
+                           "same token ids": r["identical_ids"]} for r in ex]))
+        out.append("")
     if not res.get("smoke"):
         out.append(f"![rollout throughput]({plots_rel}/rollout_throughput.png)")
     return "\n".join(out)
@@ -413,6 +468,8 @@ def main(argv=None) -> dict:
         p.add_argument("--batch1-prompts", type=int, default=4, help="prompts run one at a time at batch 1")
         p.add_argument("--batch-sizes", default="1,8,16", help="comma-separated; B > 1 runs B prompts in one batch")
         p.add_argument("--dtype", default="float32", help="policy dtype (float32 = what fst_lab uses)")
+        p.add_argument("--no-experiments", dest="experiments", action="store_false",
+                       help="skip the static-cache / bfloat16 comparisons")
 
     args = parse_args(__doc__.splitlines()[0], argv, extra)
     args.argv = argv

@@ -48,9 +48,16 @@ def parse_args(description: str, argv: Sequence[str] | None = None,
     p.add_argument("--smoke", action="store_true", help="pipeline check: tiny model and counts (CI)")
     p.add_argument("--out", default=None, help="results directory (default: benchmarks/results, "
                                                "or test-artifacts/bench-smoke with --smoke)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's). On an oversubscribed machine 1 thread per "
+                        "process avoids OpenMP stalls that make 2-thread runs several times slower")
     if extra:
         extra(p)
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.out = Path(args.out) if args.out else (SMOKE_RESULTS if args.smoke else RESULTS)
     args.out.mkdir(parents=True, exist_ok=True)
     return args

@@ -53,9 +53,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, obj: dict) -> None:
-    """Append one line and fsync. A crash can leave at most a torn *last* line, which readers skip."""
-    line = json.dumps(obj, default=_json_default, ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
+    """Append one line and fsync. A crash can leave at most a torn *last* line, which readers skip; the
+    next append starts on a fresh line, so the torn one never swallows a later record."""
+    line = (json.dumps(obj, default=_json_default, ensure_ascii=False) + "\n").encode("utf-8")
+    with open(path, "ab+") as f:  # writes always go to the end; reading the last byte is allowed
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
         f.write(line)
         f.flush()
         os.fsync(f.fileno())

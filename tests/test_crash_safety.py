@@ -245,3 +245,17 @@ def test_sigkill_at_many_points_never_loses_work(tmp_path):
     assert tally["kills"] >= 20
     events = [e["event"] for e in load_run(run_dir).events]
     assert events.count("resume") == resumes
+
+
+def test_a_torn_jsonl_line_never_swallows_the_next_record(tmp_path):
+    """SIGKILL mid-append leaves half a line without its newline; the next append must start a new line
+    (otherwise the record written after the resume is glued to the fragment and lost to every reader)."""
+    from fst_lab.runs import append_jsonl
+
+    p = tmp_path / "metrics.jsonl"
+    append_jsonl(p, {"kind": "slow", "rl_step": 1})
+    with open(p, "a", encoding="utf-8") as f:
+        f.write('{"kind": "slow", "rl_st')  # what a kill during the write of step 2 leaves
+    append_jsonl(p, {"kind": "slow", "rl_step": 2})  # step 2, redone after the resume
+    append_jsonl(p, {"kind": "slow", "rl_step": 3})
+    assert [r["rl_step"] for r in read_jsonl(p)] == [1, 2, 3]
