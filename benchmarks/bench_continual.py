@@ -108,13 +108,14 @@ def run_one(cfg_dict: dict, mode: str, run_dir: Path, *, smoke: bool) -> dict:
     slow = [{"rl_step": m["rl_step"], "stage": m.get("stage"), "task": m.get("task"), "reward": m.get("reward"),
              "kl_probe": m.get("kl_probe"), "samples": m.get("samples")} for m in s.metrics if m.get("kind") == "slow"]
     fast = [{"round": m.get("round"), "stage": m.get("stage"), "best_val": m.get("best_val"),
-             "rollouts": m.get("rollouts"), "accepted": m.get("accepted")} for m in s.metrics if m.get("kind") == "fast"]
+             "rollouts": m.get("rollouts"), "accepted": m.get("accepted")}
+            for m in s.metrics if m.get("kind") == "fast"]
     out = {"mode": mode, "evals": evals, "slow": slow, "fast": fast, "retention": retention, "status": s.status(),
            "seconds": time.time() - t0, "run_dir": str(run_dir)}
     if getattr(s, "_slow", None) is not None and hasattr(s._slow, "close"):
         s._slow.close()
     s.close()
-    del s
+    s = None  # drop the policy, trainer and optimizer before the next run
     gc.collect()
     return out
 
@@ -123,7 +124,8 @@ def run(args) -> dict:
     logging.getLogger("fst_lab").setLevel(logging.WARNING)
     smoke = args.smoke
     prev = None if (smoke or args.fresh) else load_result(args.out, NAME)
-    res = new_result(NAME, MODULE, args.argv, smoke=smoke, model="tiny-llama (random init)" if smoke else "smollm2-135m")
+    res = new_result(NAME, MODULE, args.argv, smoke=smoke,
+                     model="tiny-llama (random init)" if smoke else "smollm2-135m")
     res["runs"] = list(prev.get("runs", [])) if prev else []
     root = (Path(args.out) / "runs") if smoke else REPO / "runs" / "bench-continual"
     for seed in args.seeds:
@@ -137,8 +139,8 @@ def run(args) -> dict:
             out.update(seed=seed, loadavg_end=loadavg())
             res["runs"].append(out)
             save_result(args.out, NAME, res)
-            print(f"    {out['seconds']:.0f}s; evals {[(e['task'], e['where'], round(e['reward'], 2)) for e in out['evals']]}",
-                  flush=True)
+            evs = [(e["task"], e["where"], round(e["reward"], 2)) for e in out["evals"]]
+            print(f"    {out['seconds']:.0f}s; evals {evs}", flush=True)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save_result(args.out, NAME, res)
     plot(res, plot_dir(args.out, smoke))

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import (REPO, fmt, load_result, loadavg, mean_ci, median, new_result, parse_args, plot_dir,
+from benchmarks.common import (REPO, load_result, loadavg, mean_ci, median, new_result, parse_args, plot_dir,
                                plt, save_result, table)
 
 NAME = "efficiency"
@@ -220,7 +220,8 @@ def analyse(res: dict) -> dict:
             a["samples_ratio_seeds"] = [d["samples_ratio"]["ratio"] for d in per if "samples_ratio" in d]
             a["steps_ratio_seeds"] = [d["steps_ratio"]["ratio"] for d in per if "steps_ratio" in d]
             a["kl_ratio_seeds"] = [d["kl_matched"]["ratio"] for d in per if "kl_matched" in d]
-            a["fst_reached_rl_peak"] = sum(1 for d in per if d.get("samples_ratio", {}).get("other_samples") is not None)
+            a["fst_reached_rl_peak"] = sum(1 for d in per
+                                           if d.get("samples_ratio", {}).get("other_samples") is not None)
             a["rl_improved"] = sum(1 for d in per if (d.get("rl_peak") or 0) > (d.get("rl_start") or 0))
             abl = [r["ablation"] for s in seeds for r in pick("fst", s) if r.get("ablation")]
             if abl:
@@ -237,7 +238,8 @@ def run(args) -> dict:
     seeds = [0] if smoke and not args.seeds_given else args.seeds
     modes = args.modes
     prev = None if (smoke or args.fresh) else load_result(args.out, NAME)
-    res = new_result(NAME, MODULE, args.argv, smoke=smoke, model="tiny-llama (random init)" if smoke else "smollm2-135m",
+    res = new_result(NAME, MODULE, args.argv, smoke=smoke,
+                     model="tiny-llama (random init)" if smoke else "smollm2-135m",
                      targets={"samples_ratio": TARGET_SAMPLES, "kl_ratio": TARGET_KL})
     res["runs"] = list(prev.get("runs", [])) if prev else []
     res["configs"] = dict(prev.get("configs", {})) if prev else {}
@@ -247,7 +249,10 @@ def run(args) -> dict:
     done = {(r["variant"], r["task"], r["seed"], r["mode"]) for r in res["runs"]}
     t_start = time.time()
     # A stopped run keeps complete comparisons: by default all seeds of the first task come first.
-    order = [(t, s_) for t in tasks for s_ in seeds] if args.order == "task" else [(t, s_) for s_ in seeds for t in tasks]
+    if args.order == "task":
+        order = [(t, s_) for t in tasks for s_ in seeds]
+    else:
+        order = [(t, s_) for s_ in seeds for t in tasks]
     for task, seed in order:
         cfg = apply_variant(base_config(args, task, seed), args.variant)
         res["configs"][f"{args.variant}/{task}"] = {k: v for k, v in cfg.items() if k != "seed"}
@@ -363,7 +368,8 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     cmds = res.get("commands") or [res.get("command")]
     out.append("Commands: " + "; ".join(f"`{c}`" for c in cmds) + ".")
     for key, cfg in res.get("configs", {}).items():
-        out.append(f"Config `{key}` (all modes; only `mode` differs; seeds {sorted({r['seed'] for r in res['runs']})}): "
+        seeds = sorted({r["seed"] for r in res["runs"]})
+        out.append(f"Config `{key}` (all modes; only `mode` differs; seeds {seeds}): "
                    f"`{ {k: v for k, v in cfg.items() if k not in ('runs_root',)} }`")
     if res.get("stopped_early"):
         out.append(f"**Stopped early**: {res['stopped_early']}. Everything below is from the runs that finished.")

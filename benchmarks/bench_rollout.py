@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import (load_result, loadavg, new_result, paired_ratio, paired_timings, parse_args, plot_dir,
+from benchmarks.common import (loadavg, new_result, paired_ratio, paired_timings, parse_args, plot_dir,
                                plt, save_result, table)
 
 NAME = "rollout"
@@ -218,8 +218,6 @@ def generate_share(policy, task, harness, examples, *, batch_size, max_new_token
 
 def profile_batch1(policy, task, harness, example, *, max_new_tokens) -> dict:
     """cProfile (by function) and torch.profiler (by operator) of one batch-1 rollout."""
-    import torch
-
     from fst_lab.rollout import rollout
 
     pr = cProfile.Profile()
@@ -289,7 +287,8 @@ def run(args) -> dict:
     from fst_lab.tasks import get_task
 
     smoke = args.smoke
-    res = new_result(NAME, MODULE, args.argv, smoke=smoke, model="tiny-llama (random init)" if smoke else "smollm2-135m",
+    res = new_result(NAME, MODULE, args.argv, smoke=smoke,
+                     model="tiny-llama (random init)" if smoke else "smollm2-135m",
                      targets={"fst_vs_plain": TARGET_VS_PLAIN, "fst_batched_vs_llama_single": TARGET_VS_LLAMA})
     policy = tiny_policy(seed=0) if smoke else load_policy(dtype=args.dtype)
     res["dtype"] = str(next(policy.model.parameters()).dtype)
@@ -408,9 +407,10 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
                              f"{'✅' if r['fst_vs_plain']['median'] >= TARGET_VS_PLAIN else '❌'}" for r in tp)]
         if "llama.cpp_tok_s" in b1:
             parts = [f"batch {r['batch']}: {r['fst_vs_llama']['median']:.2f}× "
-                     f"{'✅' if r['fst_vs_llama']['median'] >= TARGET_VS_LLAMA else '❌'}" for r in tp if r["batch"] > 1]
-            lines.append(f"- Issue 9 target (batched fst_lab ≥ {TARGET_VS_LLAMA}× llama.cpp single-stream on the same "
-                         f"prompts, paired median): " + ", ".join(parts) + f"; at batch 1 fst_lab is "
+                     f"{'✅' if r['fst_vs_llama']['median'] >= TARGET_VS_LLAMA else '❌'}"
+                     for r in tp if r["batch"] > 1]
+            lines.append(f"- Issue 9 target (batched fst_lab ≥ {TARGET_VS_LLAMA}× llama.cpp single-stream on the "
+                         f"same prompts, paired median): " + ", ".join(parts) + f"; at batch 1 fst_lab is "
                          f"{b1['fst_vs_llama']['median']:.2f}× llama.cpp.")
         else:
             lines.append(f"- Issue 9 target: llama.cpp {res['llama_cpp']} — not measured.")

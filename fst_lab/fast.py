@@ -205,6 +205,10 @@ class HarnessAdapter:
     - ``propose_new_texts`` is a real method (never missing: a duck-typed adapter without it makes
       GEPA drop every proposal silently). It runs the bootstrap or the reflective operator and
       returns ``{}`` (GEPA then skips the proposal) when that operator can't produce a valid change.
+    - A failing reflection call (:class:`fst_lab.lm.ReflectionError`) is caught *here*, counted and
+      logged. Letting it escape would also be survivable: gepa 0.1.4's proposer catches it, logs it,
+      but then calls ``propose_new_texts`` a second time for the same task before giving up, which
+      would double every failed (possibly slow or paid) call.
     """
 
     def __init__(self, policy: "Policy", task: "Task", base_harness: Harness, *, temperature: float | None = None,

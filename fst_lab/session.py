@@ -291,7 +291,8 @@ class Session:
             self.population_scores = dict(res.val_scores)
             self.last_fast = res
             self.counters["fast_round"] = rnd
-            self.counters["samples_fast"] += int(res.metric_calls)
+            # every rollout the fast loop spent (GEPA's metric calls + re-scoring the old population)
+            self.counters["samples_fast"] += int(getattr(res, "rollouts", None) or res.metric_calls)
             rec = {"kind": "fast", "round": rnd, **self._counter_fields(), **_fast_summary(res),
                    "seconds": time.time() - t0}
             self._write_current()
@@ -713,6 +714,8 @@ class Session:
 
 
 def _fast_summary(res) -> dict:
+    if hasattr(res, "summary"):
+        return _jsonable(res.summary())
     d = res.to_json() if hasattr(res, "to_json") else dict(vars(res))
     keep = {}
     for k, v in d.items():

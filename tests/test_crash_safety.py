@@ -64,7 +64,7 @@ CRASH_POINTS = [
     "fst_lab.session.Session._checkpoint:exit:1",               # checkpoint + state, metrics not yet
     "fst_lab.session.append_jsonl:torn:2",                      # a torn metrics/events line
     "os.replace:enter:7",                                       # an atomic write: temp file, no rename
-    "fst_lab.harness.Harness.save:enter:2",                     # storing a new harness
+    "fst_lab.harness.Harness.save:enter:1",                     # storing a new (GEPA) harness
     "fst_lab.session.Session.evaluate:enter:1",                 # end of cycle: evaluation
     "fst_lab.session.Session._snapshot_population:enter:1",     # end of cycle: population snapshot
     "fst_lab.session.Session._save_state:exit:3",               # right after a state write
@@ -244,7 +244,7 @@ def test_sigkill_at_many_points_never_loses_work(tmp_path):
     assert not failures, "\n".join(failures)
     assert tally["kills"] >= 20
     events = [e["event"] for e in load_run(run_dir).events]
-    assert events.count("resume") == resumes
+    assert events.count("resume") >= resumes  # (a kill can land between resume()'s event and its return)
 
 
 def test_a_torn_jsonl_line_never_swallows_the_next_record(tmp_path):
