@@ -70,8 +70,6 @@ class Task(Protocol):
 
 
 _ANSWER_RE = re.compile(r"answer\s*[:=]\s*(.+)", re.IGNORECASE)
-# a weaker fallback small models often use instead of the requested format: "The answer is 12."
-_ANSWER_IS_RE = re.compile(r"answer\s+is\s*[:=]?\s*(.+)", re.IGNORECASE)
 _BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
@@ -86,10 +84,6 @@ def extract_answer(text: str) -> str | None:
     boxed = _BOXED_RE.findall(text)
     if boxed:
         return boxed[-1].strip()
-    hits = _ANSWER_IS_RE.findall(text)
-    if hits:
-        ans = hits[-1].strip().splitlines()[0].strip()
-        return ans.strip("*` ").rstrip(".").strip() or None
     return None
 
 
