@@ -11,7 +11,8 @@ time by the same pause-between-steps mechanism as the SlowLearner, so the two al
 (ABBA order) under the same machine conditions. The per-step KL probe is off for the comparison and
 timed on its own. Target: ratio <= 1.05.
 
-Writes ``benchmarks/results/slow_overhead.json`` (smoke: ``slow_overhead_smoke.json``; ``--out``) and prints a markdown table.
+Writes ``benchmarks/results/slow_overhead.json`` (smoke: ``test-artifacts/bench-smoke/``; ``--out``) and
+prints a markdown table.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def build(args):
     ours_pol = make()
     ours_pol.model.generation_config.min_new_tokens = args.tokens  # fixed-length completions
     ours = SlowLearner(ours_pol, task, [seed] * args.K, cfg, output_dir=tmp / "ours")
+    ours.step(0)  # set up train() (optimizer, dataloader) now, as SteppedTrainer does for the plain side
 
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -244,14 +246,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--K", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=2, help="problems per step")
     ap.add_argument("--tokens", type=int, default=None, help="new tokens per completion (full: 32, smoke: 8)")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/slow_overhead.json, "
-                                                 "smoke: slow_overhead_smoke.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/slow_overhead.json; "
+                                                 "smoke: test-artifacts/bench-smoke/slow_overhead.json)")
     args = ap.parse_args(argv)
     args.pairs = args.pairs or (1 if args.smoke else 3)
     args.warmup = (0 if args.smoke else 1) if args.warmup is None else args.warmup
     args.tokens = args.tokens or (8 if args.smoke else 32)
-    args.out = args.out or str(REPO / "benchmarks" / "results" /
-                               ("slow_overhead_smoke.json" if args.smoke else "slow_overhead.json"))
+    # smoke results never land next to the committed full results (benchmarks/common.py convention)
+    args.out = args.out or str(REPO / "test-artifacts" / "bench-smoke" / "slow_overhead.json" if args.smoke
+                               else REPO / "benchmarks" / "results" / "slow_overhead.json")
     res = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

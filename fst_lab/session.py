@@ -419,14 +419,11 @@ class Session:
         seed = load_named(task)
         out = {}
         for label, pol in (("trained", self.policy), ("base", self.base_policy())):
-            pol2 = copy.deepcopy(pol)
-            learner = SlowLearner(pol2, new_task, [seed] * self.config.population_size, self.slow_config(),
-                                  output_dir=str(self.run_dir / "plasticity" / label))
-            if hasattr(learner, "set_task"):
+            pol2 = self._slow.copy_policy() if (label == "trained" and self._slow is not None) else copy.deepcopy(pol)
+            with SlowLearner(pol2, new_task, [seed] * self.config.population_size, self.slow_config(),
+                             output_dir=str(self.run_dir / "plasticity" / label)) as learner:
                 learner.set_task(new_task, new_task.examples("train"))
-            rewards = [float((m[-1] if isinstance(m, list) else m).get("reward", 0.0)) for m in
-                       (learner.step(1) for _ in range(steps))]
-            out[label] = rewards
+                out[label] = [float(learner.step(1)[-1].get("reward", 0.0)) for _ in range(steps)]
         self._event("plasticity", task=task, **out)
         return out
 
@@ -710,7 +707,17 @@ class Session:
         return tqdm(iterable, **kw) if iterable is not None else tqdm(**kw)
 
     def close(self) -> None:
+        """Release the trainer thread and models (the run directory stays resumable)."""
+        if self._slow is not None:
+            self._slow.close()
+            self._slow = None
         self._event("close", counters=dict(self.counters))
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _fast_summary(res) -> dict:

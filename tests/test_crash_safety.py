@@ -37,6 +37,7 @@ from fst_lab.runs import load_run, read_jsonl
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "scripts"))
 from fault_server import FaultServer  # noqa: E402
+
 WORKER = REPO / "tests" / "scripts" / "crash_worker.py"
 SEED = int(os.environ.get("FST_CRASH_SEED", "20261122"))
 
@@ -61,8 +62,8 @@ CRASH_POINTS = [
     "fst_lab.session.Session._checkpoint:enter:1",              # RL step done, checkpoint not begun
     "torch.save:exit:1",                                        # mid-checkpoint: optimizer written
     "fst_lab.slow.atomic_write_text:enter:1",                   # mid-checkpoint: before fst_state.json
-    "fst_lab.session.Session._checkpoint:exit:1",               # checkpoint + state, metrics not yet
-    "fst_lab.session.append_jsonl:torn:2",                      # a torn metrics/events line
+    "fst_lab.session.Session._checkpoint:exit:1",               # checkpoint + state.json just written
+    "fst_lab.session.append_jsonl:torn:2",                      # half a metrics/events line, then death
     "os.replace:enter:7",                                       # an atomic write: temp file, no rename
     "fst_lab.harness.Harness.save:enter:1",                     # storing a new (GEPA) harness
     "fst_lab.session.Session.evaluate:enter:1",                 # end of cycle: evaluation
@@ -193,7 +194,7 @@ def test_sigkill_at_many_points_never_loses_work(tmp_path):
     server = ForkServer(tmp_path / "server.log")
     plan = [("point", p) for p in CRASH_POINTS]
     # random-delay kills spread over the plan (after the run exists, so they land in real work)
-    for i in range(N_RANDOM):
+    for _ in range(N_RANDOM):
         plan.insert(rng.randint(3, len(plan)), ("random", round(rng.uniform(1.0, 8.0), 2)))
     tally = {"kills": 0, "clean": 0, "no_kill": 0}
     failures: list[str] = []

@@ -244,7 +244,8 @@ class ScriptedToolPolicy(Policy):
                 text = f"The search says so.\nAnswer: {next(self.verdicts)}"
             else:
                 claim = p.rsplit("Claim:", 1)[-1].split()
-                text = '<tool_call>{"name": "search", "arguments": {"query": "%s %s"}}</tool_call>' % (claim[0], claim[1])
+                query = f"{claim[0]} {claim[1]}"
+                text = '<tool_call>{"name": "search", "arguments": {"query": "%s"}}</tool_call>' % query
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
             out.append(Generation(text=text, prompt_tokens=0, completion_tokens=len(ids), finished=True,
                                   completion_ids=ids))

