@@ -114,8 +114,14 @@ class FSTConfig:
             where = f"stages[{i}]" if self.stages else "task"
             if st.task not in known:
                 raise ConfigError(f"{where}: unknown task '{st.task}' (available: {known})")
+            if st.steps is not None and (not isinstance(st.steps, int) or isinstance(st.steps, bool)):
+                raise ConfigError(f"{where}.steps: expected an integer, got {st.steps!r}")
+            if not isinstance(st.level, int) or isinstance(st.level, bool):
+                raise ConfigError(f"{where}.level: expected an integer, got {st.level!r}")
             if self.stages and (st.steps is None or st.steps < 1) and i < len(self.stages) - 1:
                 raise ConfigError(f"{where}.steps: every stage but the last needs a positive step count")
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise ConfigError(f"max_new_tokens: must be a positive integer or null, got {self.max_new_tokens!r}")
         for key in ("fast", "slow"):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(f"{key}: must be a mapping of overrides")
@@ -199,11 +205,15 @@ class FSTConfig:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{p}: config file not found") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         try:
             d = yaml.safe_load(text) or {}
         except yaml.MarkedYAMLError as e:
             line = e.problem_mark.line + 1 if e.problem_mark else "?"
             raise ConfigError(f"{p}:{line}: invalid YAML: {e.problem}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML: {e}") from None
         return cls.from_dict(d, source=str(p))
 
     def replace(self, **kw) -> "FSTConfig":

@@ -81,9 +81,14 @@ def schema() -> dict:
 
 def _placeholders(template: str) -> list[str]:
     try:
-        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parts = list(string.Formatter().parse(template))
     except ValueError as e:  # unbalanced braces
         raise HarnessError(f"bad template syntax: {e}", path="task_template") from None
+    for _, f, spec, conv in parts:
+        if f is not None and (spec or conv):
+            raise HarnessError(f"placeholder {{{f}}} may not carry a format spec or conversion "
+                               f"(got spec {spec!r}, conversion {conv!r}); write plain {{{f}}}", path="task_template")
+    return [f for _, f, _, _ in parts if f is not None]
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,11 @@ class Harness:
     @classmethod
     def loads(cls, text: str, *, source: str | None = None) -> "Harness":
         try:
+            # Anchors/aliases are refused: a tiny file could otherwise expand into gigabytes ("billion laughs").
+            for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+                if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None):
+                    raise HarnessError("YAML anchors/aliases are not allowed in harness files", source=source,
+                                       line=ev.start_mark.line + 1)
             data = yaml.safe_load(text)
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark

@@ -61,6 +61,8 @@ def _coerce_call(obj: Any) -> tuple[ToolCall | None, str | None]:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
             return None, f"arguments of '{name}' are not valid JSON: {e.msg}"
+        except RecursionError:
+            return None, f"arguments of '{name}' are nested too deeply"
     if not isinstance(args, dict):
         return None, f"arguments of '{name}' must be an object, got {type(args).__name__}"
     return ToolCall(name=name, arguments=args), None
@@ -81,6 +83,9 @@ def parse_tool_calls(text: str) -> ParseResult:
             obj = json.loads(chunk)
         except json.JSONDecodeError as e:
             res.errors.append(f"could not parse tool call {chunk[:120]!r}: {e.msg} at column {e.colno}")
+            continue
+        except RecursionError:
+            res.errors.append(f"could not parse tool call {chunk[:120]!r}: nested too deeply")
             continue
         objs = obj if isinstance(obj, list) else [obj]
         for o in objs:

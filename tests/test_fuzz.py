@@ -380,9 +380,6 @@ def test_fuzzed_model_turns_through_the_rollout_loop(texts, max_turns):
 
 
 # ---------------------------------------------------------------------------- known bugs (reported)
-@pytest.mark.xfail(strict=True, reason="bug in fst_lab/tools.py: deeply nested JSON in a tool call raises "
-                   "RecursionError out of parse_tool_calls (fix: catch RecursionError next to JSONDecodeError "
-                   "in parse_tool_calls and _coerce_call)")
 @pytest.mark.parametrize("text", ["<tool_call>" + "[" * 5000 + "</tool_call>",
                                   '{"name": "search", "arguments": ' + "[" * 5000 + "]}",
                                   '<tool_call>{"name": "search", "arguments": "' + "[" * 5000 + '"}</tool_call>'])
@@ -391,9 +388,6 @@ def test_known_bug_deeply_nested_tool_call(text):
     assert res.errors and not res.calls
 
 
-@pytest.mark.xfail(strict=True, reason="bug in fst_lab/harness.py: a task_template field with a format spec or "
-                   "conversion ({question:>{x}}, {question!z}, {question:zz}) passes validation, then render() "
-                   "raises KeyError/ValueError inside a rollout (fix: reject spec/conversion in from_dict)")
 @pytest.mark.parametrize("tpl", ["{question:{x}}", "{question!z}", "{question:zz}"])
 def test_known_bug_template_format_spec(tpl):
     h = Harness.from_dict(copy.deepcopy(SEEDS["math"]))
@@ -404,9 +398,6 @@ def test_known_bug_template_format_spec(tpl):
     h2.render({"question": "q"})
 
 
-@pytest.mark.xfail(strict=True, reason="bug in fst_lab/config.py: FSTConfig.load lets yaml.reader.ReaderError "
-                   "(non-printable characters) and UnicodeDecodeError (non-UTF-8 file) escape instead of "
-                   "ConfigError (fix: catch yaml.YAMLError and UnicodeDecodeError like Harness.load)")
 @pytest.mark.parametrize("raw", [b"mode: fst\x00\n", b"\xff\xfe mode: fst\n"])
 def test_known_bug_config_load_non_printable(raw, tmp_path):
     p = tmp_path / "c.yaml"
@@ -415,15 +406,11 @@ def test_known_bug_config_load_non_printable(raw, tmp_path):
         FSTConfig.load(p)
 
 
-@pytest.mark.xfail(strict=True, reason="bug in fst_lab/config.py: stages[i].steps of the wrong type gives "
-                   "\"'<' not supported between instances of 'str' and 'int'\" (no field named)")
 def test_known_bug_stage_steps_type():
     with pytest.raises(ConfigError, match=r"stages\[0\]\.steps"):
         FSTConfig.from_dict({"stages": [{"task": "math", "steps": "x"}, {"task": "math"}]})
 
 
-@pytest.mark.xfail(strict=True, reason="bug in fst_lab/config.py: max_new_tokens <= 0 is accepted and a run "
-                   "directory is created; generation fails only later")
 def test_known_bug_negative_max_new_tokens():
     with pytest.raises(ConfigError, match="max_new_tokens"):
         FSTConfig.from_dict({"max_new_tokens": -5})

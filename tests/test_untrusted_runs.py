@@ -262,11 +262,6 @@ def test_booby_trapped_yaml_is_refused(foreign):
     assert not marker.exists() and not fired(markers)
 
 
-@pytest.mark.xfail(strict=True, reason="bug in fst_lab/harness.py: a ~1 KB harness YAML with nested aliases "
-                   "('billion laughs') in tools[].function.parameters makes Harness.load expand it while hashing "
-                   "the content (json.dumps): minutes of CPU and GBs of memory for whoever opens the run (fix: "
-                   "refuse anchors/aliases in harness files, e.g. a SafeLoader whose compose_node rejects "
-                   "AliasEvent, or cap the composed node count)")
 def test_known_bug_harness_alias_bomb_is_refused_quickly(tmp_path):
     levels = ["a0: &a0 [" + ",".join(['"lol"'] * 9) + "]"]
     for i in range(1, 9):
