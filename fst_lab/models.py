@@ -142,7 +142,7 @@ def select_backend(prefer: str | None = None, *, cuda: bool | None = None,
                                "is False). Use backend='transformers' on CPU.")
         if not unsloth_installed:
             raise RuntimeError("backend 'unsloth' requested but unsloth is not installed: "
-                               "`pip install -e '.[gpu]'` on a CUDA machine")
+                               "`pip install -r requirements-gpu.txt && pip install --no-deps -e .` on a CUDA machine (README: GPU extra)")
         return "unsloth"
     raise ValueError(f"unknown backend '{prefer}' (choose auto, transformers or unsloth)")
 
