@@ -76,7 +76,7 @@ def run_ours(policy, task, seed_h, train, val, cfg, reflector, workdir: Path, rn
     res = fast_step(policy, task, [seed_h], train, val, config=cfg, round=rnd, reflection_lm=reflector,
                     run_dir=workdir / f"ours_{rnd}", progress=False)
     dt = time.perf_counter() - t0
-    return {"seconds": dt, "metric_calls": res.metric_calls, "rollouts": res.rollouts, "proposals": res.proposals,
+    return {"seconds": dt, "metric_calls": res.metric_calls, "rollouts": res.rollouts, "proposals": len(res.proposal_log),
             "accepted": res.accepted, "candidates": len(res.candidates),
             "best_val": res.val_scores[res.best_id], "candidate_texts": [h.to_candidate() for h in res.candidates]}
 
@@ -99,7 +99,7 @@ def run_plain(policy, task, seed_h, train, val, cfg, reflector, workdir: Path, r
     dt = time.perf_counter() - t0
     best = max(range(len(result.candidates)), key=lambda i: result.val_aggregate_scores[i])
     return {"seconds": dt, "metric_calls": int(result.total_metric_calls or 0), "rollouts": adapter.rollouts,
-            "proposals": sum(p.status in ("accepted", "rejected") for p in adapter.proposals),
+            "proposals": len(adapter.proposals),
             "accepted": len(result.candidates) - 1, "candidates": len(result.candidates),
             "best_val": result.val_aggregate_scores[best], "candidate_texts": list(result.candidates)}
 
