@@ -124,7 +124,6 @@ def test_codeio_scorer():
 
 
 def test_codeio_whitespace_and_lists():
-    from fst_lab.rollout import Trajectory  # noqa: F401  (same helper, explicit example)
     from fst_lab.tasks.base import Example
 
     t = small("codeio")
