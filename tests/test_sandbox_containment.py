@@ -136,8 +136,6 @@ def test_code_that_never_ends_is_stopped(name):
     assert _children() <= before_kids, "the whole process group must be gone"
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox hole: os.mkfifo/os.mknod raise no audit event, so the hook "
-                   "can't refuse them outside the working directory (fix: stub them in posix/os in the prelude)")
 @pytest.mark.parametrize("fn", ["mkfifo", "mknod"])
 def test_special_file_creation_outside_is_blocked(fn, outside, tmp_path):
     r = run_python(f"import os\nos.{fn}({outside!r})")
