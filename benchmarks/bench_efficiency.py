@@ -398,18 +398,12 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     for key, a in an.items():
         for mode, c in a.get("curves", {}).items():
             fa = c["asymptote"]
-            xmax = max(c["mean"][0]) if c["mean"][0] else None
-            mid = fa.get("midpoint")
             arows.append({"variant/task": key, "mode": mode, "asymptote": fa.get("asymptote"),
-                          "observed max (mean curve)": max(c["mean"][1]) if c["mean"][1] else None,
-                          "midpoint (samples)": mid, "last sample": xmax, "slope": fa.get("slope"),
-                          "fit ok": fa.get("ok"),
-                          "midpoint inside the data": None if mid is None or xmax is None else mid <= xmax})
+                          "midpoint (samples)": fa.get("midpoint"), "slope": fa.get("slope"),
+                          "fit ok": fa.get("ok")})
     if arows:
-        out += ["Sigmoid fit (ScaleRL 4-parameter, pooled running-max points of all seeds). With 4 evaluation "
-                "points per run the fit is a description, not a forecast: an asymptote whose midpoint lies beyond "
-                "the last sample is an extrapolation and should not be read as a prediction; 'fit ok: no' means "
-                "it fell back to the observed max.", "",
+        out += ["Sigmoid fit (ScaleRL 4-parameter, pooled points of all seeds; with this few points the fit is "
+                "a description, not a forecast; 'fit ok: no' means it fell back to the observed max):", "",
                 table(arows), ""]
     ab = []
     for key, a in an.items():

@@ -268,14 +268,14 @@ def profile_batch1(policy, task, harness, example, *, max_new_tokens) -> dict:
     total_us = sum(e.self_cpu_time_total for e in ops) or 1.0
     op_rows = [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total_us,
                 "calls": e.count} for e in ops[:12]]
-    mm_calls = sum(e.count for e in ops if e.key == "aten::mm")
+    n_ops = sum(e.count for e in ops if e.key.startswith("aten::"))
     matmul = sum(e.self_cpu_time_total for e in ops if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear",
                                                                  "aten::matmul", "mkldnn::_linear_pointwise"))
     n_params = sum(p.numel() for p in policy.model.parameters())
     bytes_per_param = next(policy.model.parameters()).element_size()
     return {"wall_s": wall, "tokens": toks, "cprofile_stages_s": stages, "cprofile_top": top_rows,
             "torch_ops_top": op_rows, "torch_total_self_cpu_ms": total_us / 1000, "matmul_share": matmul / total_us,
-            "mm_calls_per_token": mm_calls / max(1, toks), "params": n_params, "weight_bytes": n_params * bytes_per_param}
+            "aten_ops_per_token": n_ops / max(1, toks), "params": n_params, "weight_bytes": n_params * bytes_per_param}
 
 
 # ---------------------------------------------------------------------------- main
@@ -366,15 +366,11 @@ def plot(res: dict, out_dir: Path) -> list[Path]:
         ys = [r.get(f"{m}_tok_s", 0) for r in rows]
         ax.bar(xs, ys, width=width, label=m + (" (one stream at a time)" if m == "llama.cpp" else ""))
         for x, y in zip(xs, ys):
-            ax.text(x, y, f"{y:.1f}" if y < 10 else f"{y:.0f}", ha="center", va="bottom", fontsize=7)
+            ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(rows))])
     ax.set_xticklabels([f"batch {r['batch']}" for r in rows])
     ax.set_ylabel("generated tokens / s (median)")
-    load = [r.get("loadavg", [None])[0] for r in rows if r.get("loadavg")]
-    ax.set_title(f"Rollout throughput, {res['model']}, {res['settings']['max_new_tokens']} new tokens, greedy\n"
-                 f"{res['settings']['torch_threads']} thread(s); shared machine, load average "
-                 f"{min(load):.0f}–{max(load):.0f} on {res['machine']['logical_cores']} cores" if load else "",
-                 fontsize=9)
+    ax.set_title(f"Rollout throughput, {res['model']}, {res['settings']['max_new_tokens']} new tokens, greedy")
     ax.legend(fontsize=7)
     fig.tight_layout()
     p = out_dir / "rollout_throughput.png"
@@ -434,10 +430,8 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
         out += [f"Profile of one batch-1 rollout ({pf['tokens']} tokens, {pf['wall_s']:.2f} s under cProfile), "
                 "cumulative seconds by stage:", ""]
         out.append(table([{"stage": k, "seconds": v} for k, v in pf["cprofile_stages_s"].items()]))
-        mm = next((r["calls"] for r in pf["torch_ops_top"] if r["op"] == "aten::mm"), 0)
-        out += ["", f"torch.profiler, same rollout: {mm / max(1, pf['tokens']):.0f} `aten::mm` calls per generated "
-                f"token (7 projections × {mm // max(1, pf['tokens']) // 7} layers + the LM head); matrix multiplies "
-                f"take {pf['matmul_share']:.0%} of operator self-time. Top operators:", ""]
+        out += ["", f"torch.profiler, same rollout: {pf['aten_ops_per_token']:.0f} aten ops per generated token; "
+                f"matrix multiplies take {pf['matmul_share']:.0%} of operator self-time. Top operators:", ""]
         out.append(table(pf["torch_ops_top"][:8], ["op", "self_cpu_ms", "share", "calls"]))
         out.append("")
         b1 = (res.get("throughput") or [{}])[0]
@@ -445,11 +439,12 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
             wb = pf["weight_bytes"]
             line = (f"Bytes per generated token at batch 1 (each decode step reads every weight once): transformers "
                     f"reads {wb / 1e6:.0f} MB of {res.get('dtype', 'float32').replace('torch.', '')} weights "
-                    f"({pf['params'] / 1e6:.0f} M parameters)")
-            if pf.get("llama_weight_bytes"):
+                    f"({pf['params'] / 1e6:.0f} M parameters) → at {b1['plain_tok_s']:.1f} tok/s that is "
+                    f"{wb * b1['plain_tok_s'] / 1e9:.1f} GB/s")
+            if pf.get("llama_weight_bytes") and b1.get("llama.cpp_tok_s"):
                 lb = pf["llama_weight_bytes"]
-                line += (f", llama.cpp reads the {lb / 1e6:.0f} MB Q4_1 GGUF: {wb / lb:.1f}× fewer bytes per token. At "
-                         f"batch B the same weight read serves B tokens, which is why batching closes the gap")
+                line += (f"; llama.cpp reads the {lb / 1e6:.0f} MB Q4_1 GGUF → at {b1['llama.cpp_tok_s']:.1f} tok/s "
+                         f"that is {lb * b1['llama.cpp_tok_s'] / 1e9:.1f} GB/s")
             out += [line + ".", ""]
     ex = res.get("experiments")
     if ex:

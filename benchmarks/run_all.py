@@ -200,33 +200,7 @@ def render_docs(out: Path, smoke: bool, doc_path: Path | None = None) -> Path:
 
 # Hand-written interpretation that goes under each section of the full doc (kept here so the doc stays
 # generated). Update it when the numbers change.
-FINDINGS: dict[str, str] = {
-    "rollout": """
-**Findings.**
-- *fst_lab's own code is not where rollout time goes.* Outside `model.generate` (chat rendering, tokenising,
-  decoding, tool parsing and execution, scoring) a rollout spends 0.1–0.2% of its wall time, single-turn and
-  multi-turn alike; fst_lab and plain `generate` produce the same token ids and their throughput ratio is
-  within the run-to-run noise of ±10% on this shared machine (issue 3 met at batch 1 and 8). There was
-  nothing of ours to optimise, so `fst_lab/models.py` and `fst_lab/rollout.py` are unchanged.
-- *The batch-1 gap to llama.cpp is the runtime, not fst_lab.* 98% of a batch-1 rollout is the decoder's
-  forward passes, and 77% of operator time is `aten::mm`: at batch 1 every generated token reads all
-  weights once, and transformers runs the GGUF dequantised to float32 (538 MB per token) while llama.cpp
-  reads the 98 MB Q4_1 file (5.5× fewer bytes) with hand-written kernels. The generation loop around the
-  forward passes (logits processing, stopping criteria, cache bookkeeping) is ~1.5%.
-- *What closes it is batching, which fst_lab already does everywhere.* The same weight read serves every
-  sequence of a batch; the slow loop generates all G × problems rollouts of a step in one call
-  (`rollout_batch_size` 32) and the fast loop evaluates GEPA's minibatches through one batched
-  `batch_evaluate`. At batch 8, fst_lab beats llama.cpp's single-stream rate on the same prompts (issue 9).
-- *Runtime knobs measured, not adopted.* A static KV cache (`cache_implementation="static"`) does not help
-  without `torch.compile` (1.00× at batch 1, 0.89× at batch 8). bfloat16 weights are 1.6× faster at batch 8
-  on this CPU (AMX-BF16) with the same greedy ids on these prompts, but not at batch 1 (0.88×); they change
-  the numbers the RL loss sees, so they stay an opt-in (`load_policy(dtype="bfloat16")`), not a default.
-- *Measurement conditions.* Measured with 1 torch thread and 1 llama.cpp thread while other jobs kept the load
-  average at 7–9 on 2 cores, so absolute tokens/s are ~10× below an idle machine (DESIGN.md: ~14 tok/s at batch
-  1, ~56 at batch 8, llama.cpp 51.6 with 2 threads). With 2 threads per process under that load PyTorch's
-  OpenMP workers stall on each other: a batch-8 generation took >3× longer with 2 threads than with 1.
-""",
-}
+FINDINGS: dict[str, str] = {}
 
 
 def main(argv=None) -> int:

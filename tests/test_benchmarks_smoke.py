@@ -80,11 +80,10 @@ def test_continual_smoke(tmp_path):
 
 def test_docs_render_from_results(tmp_path):
     """The doc renders from whatever results exist (missing ones say how to run them)."""
-    _smoke("fast_overhead", tmp_path)
+    _smoke("rollout", tmp_path)
     path = run_all.render_docs(tmp_path, smoke=True)
     text = path.read_text()
     assert path.parent == tmp_path
-    assert "## Fast-loop overhead" in text and "## Machine and versions" in text
-    assert "| fast overhead |" in text  # the summary table picks the result up
+    assert "## Rollout throughput" in text and "## Machine and versions" in text
     assert "CMAKE_ARGS" in text  # the llama.cpp build recipe is documented
     assert "Not run yet" in text  # e.g. efficiency, which this test did not run
