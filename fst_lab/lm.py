@@ -314,7 +314,8 @@ class ReflectionLM:
         self._account(resp)  # tokens are spent even when the reply turns out unusable
         text, finish = self._extract(resp)
         if finish == "length":
-            log.warning("reflection LM %s hit max_tokens=%s; the reply is truncated", self.model, self.max_tokens)
+            limit = self.max_tokens if self.max_tokens is not None else "the provider's default"
+            log.warning("reflection LM %s stopped at its token limit (%s); the reply is truncated", self.model, limit)
         return text
 
     def _extract(self, resp: Any) -> tuple[str, str | None]:
