@@ -1,6 +1,6 @@
 """Sample efficiency and drift: FST vs RL-only vs GEPA-only, same config, seeds and budget.
 
-    python -m benchmarks.bench_efficiency                 # math + hover, 3 seeds, embedded SmolLM2-135M
+    python -m benchmarks.bench_efficiency                 # math + codeio, 3 seeds, embedded SmolLM2-135M
     python -m benchmarks.bench_efficiency --smoke         # tiny random model, 1 task, 1 seed (CI)
     python -m benchmarks.bench_efficiency --variant nobootstrap --modes fst     # "what it takes" runs
     nohup python -m benchmarks.bench_efficiency > runs/bench-efficiency.log 2>&1 &   # how the full run is started
@@ -474,7 +474,8 @@ def main(argv=None) -> dict:
     def extra(p):
         p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                        help="only fold the runs in DIR/efficiency.json into --out's file (parallel processes)")
-        p.add_argument("--tasks", default="math,hover")
+        p.add_argument("--tasks", default="math,codeio",
+                       help="single-turn tasks by default: hover's multi-turn tool loop costs ~2x per rollout on CPU")
         p.add_argument("--seeds", default="0,1,2")
         p.add_argument("--modes", default=",".join(MODES))
         p.add_argument("--variant", default="default", choices=sorted(VARIANTS))
@@ -487,7 +488,7 @@ def main(argv=None) -> dict:
         p.add_argument("--fast-val", type=int, default=4)
         p.add_argument("--budget-passes", type=float, default=2.0)
         p.add_argument("--reflection-max-tokens", type=int, default=128)
-        p.add_argument("--eval-size", type=int, default=8)
+        p.add_argument("--eval-size", type=int, default=16)
         p.add_argument("--max-new-tokens", type=int, default=48)
         p.add_argument("--lr", type=float, default=1e-4, help="LoRA learning rate (a few steps only: higher than "
                                                                  "the library default 2e-5)")

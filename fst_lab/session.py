@@ -37,6 +37,8 @@ from fst_lab.runs import (CONFIG, EVENTS, METRICS, STATE, STOP, append_jsonl, at
 log = logging.getLogger(__name__)
 
 
+_STATE_CORE = ("counters", "population", "population_scores", "seed_harness", "python_rng")
+
 class SessionError(RuntimeError):
     pass
 
@@ -91,6 +93,7 @@ class Session:
         self.counters = {"cycle": 0, "plan_pos": 0, "rl_step": 0, "fast_round": 0, "samples_rl": 0,
                          "samples_fast": 0, "stage": 0, "stage_step": 0, "evals": 0}
         self.checkpoint: str | None = None
+        self._at_checkpoint: dict | None = None  # the state that matches the weights on disk (see _save_state)
         self.metrics: list[dict] = []
         self.last_fast = None
         self.last_trajectories: list = []
@@ -154,6 +157,14 @@ class Session:
         state = read_json(run_dir / STATE, None)
         if state is None:
             raise SessionError(f"{run_dir}: no {STATE}; the run never completed its first write")
+        at_ck = state.get("at_checkpoint")
+        if at_ck and at_ck["counters"]["rl_step"] < state["counters"]["rl_step"]:
+            # checkpoint_every > 1 and the run ended between checkpoints: the weights on disk are older than
+            # the counters. Go back to the state that matches them; the steps after it are redone.
+            lost = state["counters"]["rl_step"] - at_ck["counters"]["rl_step"]
+            log.warning("%s: the last checkpoint (%s) is %d RL step(s) behind the run's counters; resuming "
+                        "from the checkpoint and redoing them", run_dir, state.get("checkpoint"), lost)
+            state = {**state, **at_ck, "rolled_back_steps": lost}
         s.counters.update(state["counters"])
         s.stage_idx = s.counters["stage"]
         s.task = s._make_task(s.stage_idx)
@@ -169,7 +180,7 @@ class Session:
             s._rng.setstate(_tuplify(state["python_rng"]))
         # metrics beyond the last completed step (written just before a crash) are dropped: they are redone
         recs = read_jsonl(run_dir / METRICS)
-        keep = [r for r in recs if not (r.get("kind") == "slow" and r.get("rl_step", 0) > s.counters["rl_step"])
+        keep = [r for r in recs if not (r.get("kind") in ("slow", "eval") and r.get("rl_step", 0) > s.counters["rl_step"])
                 and not (r.get("kind") == "fast" and r.get("round", 0) > s.counters["fast_round"])]
         if len(keep) != len(recs):
             atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in keep))
@@ -177,7 +188,9 @@ class Session:
         if (run_dir / STOP).exists():
             (run_dir / STOP).unlink()
         s._write_current()
-        s._event("resume", counters=dict(s.counters), checkpoint=s.checkpoint)
+        s._at_checkpoint = {k: state[k] for k in _STATE_CORE if k in state}
+        s._event("resume", counters=dict(s.counters), checkpoint=s.checkpoint,
+                 rolled_back_steps=state.get("rolled_back_steps", 0))
         if s.checkpoint and s.config.mode != "gepa":
             s._ensure_slow()
             s._slow.load_state(run_dir / "checkpoints" / s.checkpoint)
@@ -642,9 +655,16 @@ class Session:
                 log.warning("listener failed: %s", e)
 
     def _save_state(self) -> None:
-        state = {"counters": dict(self.counters), "population": [h.id for h in self.population],
-                 "population_scores": self.population_scores, "seed_harness": self.seed_harness.id,
-                 "checkpoint": self.checkpoint, "python_rng": self._rng.getstate(), "updated": _now()}
+        core = {"counters": dict(self.counters), "population": [h.id for h in self.population],
+                "population_scores": dict(self.population_scores), "seed_harness": self.seed_harness.id,
+                "python_rng": self._rng.getstate()}
+        # ``at_checkpoint``: the newest state whose RL step is the checkpoint's, i.e. that matches the
+        # weights on disk (fast rounds and stage switches after the checkpoint's step are included).
+        # With checkpoint_every > 1 a run that ends between checkpoints resumes from it.
+        ck_step = int(self.checkpoint.rsplit("_", 1)[1]) if self.checkpoint else 0
+        if self.counters["rl_step"] == ck_step or self._at_checkpoint is None:
+            self._at_checkpoint = core
+        state = {**core, "checkpoint": self.checkpoint, "at_checkpoint": self._at_checkpoint, "updated": _now()}
         atomic_write_json(self.run_dir / STATE, state)
 
     def _checkpoint(self) -> None:

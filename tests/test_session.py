@@ -65,6 +65,7 @@ def test_resume_after_stop_matches_uninterrupted(tmp_path):
     b = Session(tiny_config(tmp_path, run_name="b", **cfg), policy=tiny_policy(seed=0), progress=False)
     b.run(cycles=1)
     counters = dict(b.counters)
+    pop_at_stop = [h.id for h in b.population]
     (b.run_dir / "stop").write_text("")
     b.run(cycles=1)  # stops at once: nothing more done
     assert b.counters == counters
@@ -72,11 +73,43 @@ def test_resume_after_stop_matches_uninterrupted(tmp_path):
     r = Session.resume(tmp_path / "b", policy=tiny_policy(seed=0), progress=False)
     assert r.counters == counters
     assert r.checkpoint is not None
-    assert [h.id for h in r.population] == [h.id for h in a.population] or True
+    assert [h.id for h in r.population] == pop_at_stop
     r.fast_step()
     assert [h.id for h in r.population] == pop_uninterrupted
     events = [e["event"] for e in load_run(r.run_dir).events]
     assert "stop" in events and "resume" in events
+
+
+def test_resume_between_checkpoints_rolls_back_to_the_weights_on_disk(tmp_path):
+    """checkpoint_every=2 and the run ends after step 3: the weights on disk are step 2's, so resume goes
+    back to step 2's counters (step 3's record is dropped and the step redone), never mixing them."""
+    import torch
+
+    cfg = tiny_config(tmp_path, mode="rl", cycles=3, steps_per_cycle=1, checkpoint_every=2, eval_every_cycle=False)
+    a = Session(cfg, policy=tiny_policy(seed=0), progress=False)
+    a.slow_step(2)
+    at_two = {k: v.detach().clone() for k, v in a.policy.model.named_parameters() if v.requires_grad}
+    counters_two = dict(a.counters)
+    with torch.no_grad():  # the tiny model's rewards are all 0 (no gradient): make "after step 2" visible
+        for v in a.policy.model.parameters():
+            if v.requires_grad:
+                v.add_(0.01)
+    a.slow_step(1)
+    assert a.counters["rl_step"] == 3 and a.checkpoint == "step_000002"
+    a.close()
+    del a  # "crash": nothing after step 3 is written
+
+    r = Session.resume(tmp_path / "r", policy=tiny_policy(seed=0), progress=False)
+    assert r.counters == counters_two
+    assert r._slow.global_step == 2
+    loaded = {k: v.detach() for k, v in r.policy.model.named_parameters() if v.requires_grad}
+    assert all(torch.equal(loaded[k], at_two[k]) for k in at_two)
+    run = load_run(r.run_dir)
+    assert [m["rl_step"] for m in run.metrics if m["kind"] == "slow"] == [1, 2]
+    assert run.events[-1]["event"] == "resume" and run.events[-1]["rolled_back_steps"] == 1
+    r.slow_step(1)
+    assert r.counters["rl_step"] == 3 and r._slow.global_step == 3
+    r.close()
 
 
 def test_manual_edit_in_lineage_and_next_step(tmp_path):
