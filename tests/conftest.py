@@ -64,3 +64,25 @@ def artifacts_dir():
 @pytest.fixture
 def harness_dir():
     return REPO / "harnesses"
+
+
+def _child_pids() -> set[int]:
+    """PIDs whose parent is this test process (via /proc; Linux only)."""
+    me, kids = os.getpid(), set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == me:
+                kids.add(int(pid))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return kids
+
+
+@pytest.fixture
+def child_pids():
+    """Call it for the set of this test process's child PIDs (to check a sandbox left none behind)."""
+    return _child_pids

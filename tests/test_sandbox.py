@@ -12,21 +12,6 @@ import pytest
 from fst_lab.sandbox import run_many, run_python
 
 
-def _children() -> set[int]:
-    """PIDs whose parent is this test process (via /proc; Linux only)."""
-    me, kids = os.getpid(), set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == me:
-                kids.add(int(pid))
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-    return kids
-
 
 def test_runs_code_and_captures_output():
     r = run_python("import sys\nprint(sum(range(10)))\nprint('warn', file=sys.stderr)")
@@ -51,13 +36,13 @@ def test_stdin_and_working_directory_files(tmp_path):
     assert not os.path.exists(out[2]), "the throwaway working directory must be deleted afterwards"
 
 
-def test_infinite_loop_times_out_quickly():
+def test_infinite_loop_times_out_quickly(child_pids):
     t0 = time.time()
-    before = _children()
+    before = child_pids()
     r = run_python("while True:\n    pass", timeout=1.0)
     assert r.timed_out and not r.ok and "timed out" in r.error
     assert time.time() - t0 < 4.0
-    assert _children() <= before, "the timed-out process group must be gone"
+    assert child_pids() <= before, "the timed-out process group must be gone"
 
 
 def test_write_outside_working_dir_is_blocked(tmp_path):
@@ -101,8 +86,8 @@ def test_network_is_blocked():
         server.close()
 
 
-def test_fork_bomb_and_subprocesses_are_blocked():
-    before = _children()
+def test_fork_bomb_and_subprocesses_are_blocked(child_pids):
+    before = child_pids()
     r = run_python("import os\nwhile True:\n    os.fork()", timeout=2.0)
     assert not r.ok and "os.fork" in r.error
     for code in ("import subprocess\nsubprocess.run(['true'])", "import os\nos.system('true')",
@@ -110,7 +95,7 @@ def test_fork_bomb_and_subprocesses_are_blocked():
                  "import ctypes", "import os, signal\nos.kill(1, signal.SIGTERM)"):
         r = run_python(code)
         assert not r.ok and "PermissionError" in r.error, code
-    assert _children() <= before
+    assert child_pids() <= before
 
 
 def test_memory_exhaustion_is_contained():

@@ -23,20 +23,6 @@ from fst_lab.sandbox import run_python
 CANARY = "sk-sandbox-canary-7f3a9c"
 
 
-def _children() -> set[int]:
-    me, kids = os.getpid(), set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == me:
-                kids.add(int(pid))
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-    return kids
-
 
 def _sandbox_dirs() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("fst_sandbox_*")}
@@ -109,10 +95,10 @@ def outside(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(ESCAPES))
-def test_escape_attempt_is_contained(name, outside, tmp_path, monkeypatch):
+def test_escape_attempt_is_contained(name, outside, tmp_path, monkeypatch, child_pids):
     monkeypatch.setenv("OPENAI_API_KEY", CANARY)  # what a /proc/<ppid>/environ read would steal
     code, expected = ESCAPES[name]
-    before_kids = _children()
+    before_kids = child_pids()
     t0 = time.time()
     r = run_python(_fill(code, outside), timeout=3.0, memory_mb=128)
     assert not r.ok, f"{name}: the sandbox let it succeed: {r.stdout[:200]!r}"
@@ -123,17 +109,17 @@ def test_escape_attempt_is_contained(name, outside, tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir()), f"{name}: something was created outside: {list(tmp_path.iterdir())}"
     for p in ("/dev/shm/fst_escape", "/tmp/fst_escape_posix"):
         assert not os.path.exists(p), p
-    assert _children() <= before_kids
+    assert child_pids() <= before_kids
 
 
 @pytest.mark.parametrize("name", sorted(FOREVER))
-def test_code_that_never_ends_is_stopped(name):
-    before_kids = _children()
+def test_code_that_never_ends_is_stopped(name, child_pids):
+    before_kids = child_pids()
     t0 = time.time()
     r = run_python(FOREVER[name], timeout=1.0)
     assert not r.ok and r.error
     assert time.time() - t0 < 5.0, f"{name} took {time.time() - t0:.1f}s"
-    assert _children() <= before_kids, "the whole process group must be gone"
+    assert child_pids() <= before_kids, "the whole process group must be gone"
 
 
 @pytest.mark.parametrize("fn", ["mkfifo", "mknod"])
@@ -162,10 +148,10 @@ def test_block_device_nodes_give_no_raw_disk_access():
     assert "raw bytes" not in r.stdout and not r.ok
 
 
-def test_test_process_is_unharmed_after_a_barrage():
+def test_test_process_is_unharmed_after_a_barrage(child_pids):
     """After many hostile runs in a row: no stray children, no leaked temp dirs, our limits and
     environment untouched, fds not leaked, and ordinary code still runs."""
-    kids, dirs = _children(), _sandbox_dirs()
+    kids, dirs = child_pids(), _sandbox_dirs()
     limits = {k: resource.getrlimit(getattr(resource, k)) for k in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_CPU")}
     cwd, env = os.getcwd(), dict(os.environ)
     nfds = len(os.listdir("/proc/self/fd"))
@@ -174,7 +160,7 @@ def test_test_process_is_unharmed_after_a_barrage():
         run_python(_fill(code, "/tmp/fst_escape_barrage"), timeout=1.5, memory_mb=128)
     for code in FOREVER.values():
         run_python(code, timeout=0.5)
-    assert _children() <= kids
+    assert child_pids() <= kids
     assert _sandbox_dirs() <= dirs, "throwaway working directories must be deleted"
     assert {k: resource.getrlimit(getattr(resource, k)) for k in limits} == limits
     assert os.getcwd() == cwd and dict(os.environ) == env
@@ -213,7 +199,7 @@ def _call(code: str) -> str:
     return "<tool_call>" + json.dumps({"name": "python", "arguments": {"code": code}}) + "</tool_call>"
 
 
-def test_rollout_with_hostile_tool_code_finishes_and_scores(tmp_path):
+def test_rollout_with_hostile_tool_code_finishes_and_scores(tmp_path, child_pids):
     from fst_lab.harness import Harness
     from fst_lab.rollout import rollout
     from fst_lab.tasks import get_task
@@ -238,7 +224,7 @@ def test_rollout_with_hostile_tool_code_finishes_and_scores(tmp_path):
             "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}}],
         "loop": {"max_turns": len(hostile), "max_new_tokens": 64, "temperature": 0.0},
         "evolvable": ["system_prompt"]})
-    kids = _children()
+    kids = child_pids()
     t0 = time.time()
     os.environ["FST_SANDBOX_TEST_CANARY"] = CANARY
     try:
@@ -254,7 +240,7 @@ def test_rollout_with_hostile_tool_code_finishes_and_scores(tmp_path):
     assert traj.reward == 1.0 and traj.error is None, (traj.reward, traj.feedback)
     assert not target.exists()
     assert CANARY not in json.dumps(traj.to_json())
-    assert _children() <= kids
+    assert child_pids() <= kids
     # and the same process rolls out again, normally
     [t2] = rollout(_ScriptedPolicy([_call("print(6 * 7)"), "Answer: 42"]), h, [ex], task)
     assert t2.tool_calls[0]["observation"] == "42" and t2.tool_calls[0]["error"] is None
