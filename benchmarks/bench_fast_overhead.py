@@ -162,19 +162,30 @@ def run(args) -> dict:
                   f"ratio {row['ratio']:.3f} same candidates {same}", flush=True)
             res["pairs"] = rows
             save_result(args.out, NAME, res)
-    ratios = [r["ratio"] for r in rows]
-    res["ratio_geomean"] = statistics.geometric_mean(ratios)
-    res["ratio_median"] = statistics.median(ratios)
-    res["median_ours_s"] = statistics.median(r["ours_s"] for r in rows)
-    res["median_plain_s"] = statistics.median(r["plain_s"] for r in rows)
-    res["meets_target"] = res["ratio_geomean"] <= TARGET
+    summarise(res)
     res["loadavg_end"] = loadavg()
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save_result(args.out, NAME, res)
     return res
 
 
+def summarise(res: dict) -> dict:
+    """Aggregate the paired ratios that exist (a run stopped early still yields its finished pairs)."""
+    rows = res.get("pairs", [])
+    if not rows:
+        return res
+    ratios = [r["ratio"] for r in rows]
+    res["ratio_geomean"] = statistics.geometric_mean(ratios)
+    res["ratio_median"] = statistics.median(ratios)
+    res["median_ours_s"] = statistics.median(r["ours_s"] for r in rows)
+    res["median_plain_s"] = statistics.median(r["plain_s"] for r in rows)
+    res["meets_target"] = res["ratio_geomean"] <= TARGET
+    return res
+
+
 def markdown(res: dict, plots_rel: str = "plots") -> str:
+    if "ratio_geomean" not in res:
+        summarise(res)
     s = res["settings"]
     out = [f"Command: `{res['command']}` — model {res['model']}, task {s['task']}, {s['train']} train / {s['val']} "
            f"val examples, GEPA budget {s['max_metric_calls']} metric calls, minibatch {s['minibatch']}, "
@@ -187,6 +198,9 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
                      ["pair", "order", "fast_step s", "gepa.optimize s", "ratio", "metric calls (ours)",
                       "metric calls (plain)", "rollouts (ours)", "rollouts (plain)", "candidates (ours)",
                       "candidates (plain)", "same candidates", "load avg"]))
+    if not res.get("finished") and res.get("pairs"):
+        out += ["", f"This run stopped after {len(res['pairs'])} of the pairs its command asked for; the "
+                    "aggregate below is over the finished pairs."]
     if "ratio_geomean" in res:
         ok = "✅" if res["meets_target"] else "❌"
         out += ["", f"Geometric mean of paired ratios: **{res['ratio_geomean']:.3f}×** (median "
