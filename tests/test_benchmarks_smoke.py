@@ -76,6 +76,7 @@ def test_continual_smoke(tmp_path):
         assert [e["task"] for e in r["evals"] if e["where"] == "start"] == ["hover", "codeio", "physics"]
         assert {m["stage"] for m in r["slow"]} == {0, 1, 2}
         assert set(r["retention"]) == {"hover", "codeio", "physics"}
+        assert r["seed_harness"] == "task"  # the default: each stage starts from its task's seed harness
 
 
 def test_docs_render_from_results(tmp_path):
