@@ -45,7 +45,12 @@ VARIANTS = {
     "nobootstrap": {"fast": {"bootstrap": False}},
     "bootstrap_always": {"fast": {"bootstrap_every": 1}},
     "K4": {"population_size": 4, "num_generations": 8},
+    # budget_passes 4 over 3 train examples = 12 metric calls, barely above the floor of 10 that the
+    # default (2 passes) is raised to: still one proposal per round at the benchmark's sizes.
     "budget2x": {"fast": {"budget_passes": 4.0}},
+    # An exact budget with room for ~3 proposals per round: 4 (seed's val run) + 3 x (3 parent + 3 child
+    # minibatch rollouts + 4 val when accepted) = 34 metric calls.
+    "proposals3": {"fast": {"max_metric_calls": 34}},
 }
 
 
