@@ -10,8 +10,8 @@ The paper's continual setting (switch every 200 RL steps, task-agnostic seed pro
 (only ``mode`` differs). ``--seed-harness generic`` starts every stage from the task-agnostic ``generic``
 harness, as the paper does; ``task`` (the default) starts each stage from that task's own seed harness,
 because with the generic one the 135M model scores 0 on all three tasks (it ends with "The answer is: 9"
-where the scorers want "Answer: 9"), so neither loop gets a reward signal at this scale. ``--stages`` picks the tasks (default: the paper's
-HoVer → CodeIO → Physics); at 48 new tokens the 135M model scores 0/8 on Physics even with its own seed
+where the scorers want "Answer: 9"), so neither loop gets a reward signal at this scale. ``--stages``
+picks the tasks (default: the paper's HoVer → CodeIO → Physics); at 48 new tokens the 135M model scores 0/8 on Physics even with its own seed
 harness (half the answers are cut off), so the full results use HoVer → CodeIO → Math.
 
 Measured per stage: validation reward (greedy mean@1) at the start of the stage, after every cycle,
@@ -112,7 +112,7 @@ def run_one(cfg_dict: dict, mode: str, run_dir: Path, *, smoke: bool) -> dict:
                 point(i, st.task, s.evaluate()["reward"], "end" if c == cycles - 1 else f"cycle {c + 1}")
     # retention: final and base weights on every stage's task, with that stage's seed harness
     retention = {}
-    for st in cfg.stage_list():
+    for st in plan_stages:
         task, harness = get_task(st.task, level=1, seed=cfg.seed), load_named(st.harness)
         retention[st.task] = {"final": _val(s.policy, harness, task, cfg.eval_size, cfg.max_new_tokens, cfg.seed),
                               "base": _val(s.base_policy(), harness, task, cfg.eval_size, cfg.max_new_tokens,
@@ -140,22 +140,17 @@ def run(args) -> dict:
                      model="tiny-llama (random init)" if smoke else "smollm2-135m")
     res["runs"] = list(prev.get("runs", [])) if prev else []
     root = (Path(args.out) / "runs") if smoke else REPO / "runs" / "bench-continual"
+    key = setting_key(args.seed_harness, args.stages)
     res["configs"] = dict(prev.get("configs", {})) if prev else {}
-    if prev and "config" in prev:  # results written before --seed-harness existed: all generic
-        res["configs"].setdefault(setting_key("generic", STAGES), prev["config"])
-    res["commands"] = dict(prev.get("commands", {})) if prev else {}
-    if prev and "commands" not in prev:
-        res["commands"][setting_key("generic", STAGES)] = prev["command"]
-    sh = setting_key(args.seed_harness, args.stages)
-    res["commands"][sh] = res["command"]
+    res["commands"] = {**(prev.get("commands", {}) if prev else {}), key: res["command"]}
     for seed in args.seeds:
         cfg = config(args, seed)
-        res["configs"][sh] = {k: v for k, v in cfg.items() if k != "seed"}
+        res["configs"][key] = {k: v for k, v in cfg.items() if k != "seed"}
         for mode in ("rl", "fst"):
-            if any(r["mode"] == mode and r["seed"] == seed and setting(r) == sh for r in res["runs"]):
+            if any(r["mode"] == mode and r["seed"] == seed and setting(r) == key for r in res["runs"]):
                 continue
-            print(f"[{time.strftime('%H:%M:%S')}] continual seed {seed} {mode}, {sh} (load {loadavg()})", flush=True)
-            out = run_one(cfg, mode, root / f"{sh.replace('/', '-')}-{mode}-s{seed}", smoke=smoke)
+            print(f"[{time.strftime('%H:%M:%S')}] continual seed {seed} {mode}, {key} (load {loadavg()})", flush=True)
+            out = run_one(cfg, mode, root / f"{key.replace('/', '-')}-{mode}-s{seed}", smoke=smoke)
             out.update(seed=seed, seed_harness=args.seed_harness, stages=list(args.stages), loadavg_end=loadavg())
             res["runs"].append(out)
             save_result(args.out, NAME, res)
@@ -173,8 +168,7 @@ def setting_key(seed_harness: str, stages) -> str:
 
 
 def setting(run: dict) -> str:
-    """Runs recorded before ``--seed-harness``/``--stages`` existed: generic harness, the default stages."""
-    return setting_key(run.get("seed_harness", "generic"), run.get("stages", STAGES))
+    return setting_key(run["seed_harness"], run["stages"])
 
 
 def _plot_name(key: str) -> str:
@@ -182,16 +176,13 @@ def _plot_name(key: str) -> str:
 
 
 def plot(res: dict, out_dir: Path) -> list[Path]:
-    return [p for key in sorted({setting(r) for r in res.get("runs", [])})
-            if (p := _plot_one([r for r in res["runs"] if setting(r) == key], key, out_dir))]
+    return [_plot_one([r for r in res["runs"] if setting(r) == key], key, out_dir)
+            for key in sorted({setting(r) for r in res.get("runs", [])})]
 
 
-def _plot_one(runs: list[dict], key: str, out_dir: Path) -> Path | None:
+def _plot_one(runs: list[dict], key: str, out_dir: Path) -> Path:
     pyplot = plt()
-    if not runs:
-        return None
-    stages = runs[0].get("stages", STAGES)
-    sh = runs[0].get("seed_harness", "generic")
+    stages, sh = runs[0]["stages"], runs[0]["seed_harness"]
     fig, axes = pyplot.subplots(1, 2, figsize=(11, 3.8))
     ax = axes[0]
     for r in runs:
@@ -232,17 +223,14 @@ def _plot_one(runs: list[dict], key: str, out_dir: Path) -> Path | None:
 
 
 def markdown(res: dict, plots_rel: str = "plots") -> str:
-    old = setting_key("generic", STAGES)  # results written before --seed-harness/--stages existed
-    configs = res.get("configs") or {old: res.get("config", {})}
-    commands = res.get("commands") or {old: res["command"]}
     out = []
     for key in sorted({setting(r) for r in res.get("runs", [])}, key=lambda x: not x.startswith("task")):
         runs = [r for r in res["runs"] if setting(r) == key]
-        sh, stages = runs[0].get("seed_harness", "generic"), runs[0].get("stages", STAGES)
+        sh, stages = runs[0]["seed_harness"], runs[0]["stages"]
         what = "each task's own seed harness" if sh == "task" else f"the `{sh}` seed harness"
         out += [f"### {' → '.join(stages)}, every stage starting from {what}", "",
-                f"Command: `{commands.get(key, res['command'])}` — model {res['model']}; config (only `mode` "
-                f"differs): `{configs.get(key, {})}`.", "",
+                f"Command: `{res['commands'][key]}` — model {res['model']}; config (only `mode` "
+                f"differs): `{res['configs'][key]}`.", "",
                 _markdown_runs(runs, key, plots_rel, res.get("smoke")), ""]
     return "\n".join(out).rstrip()
 
@@ -251,7 +239,7 @@ def _markdown_runs(runs: list[dict], key: str, plots_rel: str, smoke: bool) -> s
     out = []
     rows = []
     for r in runs:
-        for stage, t in enumerate(r.get("stages", STAGES)):
+        for stage, t in enumerate(r["stages"]):
             ev = [e for e in r["evals"] if e["stage"] == stage]
             tr = [m["reward"] for m in r["slow"] if m.get("stage") == stage and m.get("reward") is not None]
             if not ev:

@@ -222,8 +222,8 @@ uses Unsloth, and vLLM for generation when `use_vllm` is set (`fst_lab.backends`
 reflector; the candidate sets match), a fast step costs 0.95× a plain `gepa.optimize`: fst_lab's
 bookkeeping (lineage, Pareto pick of K, result JSON, progress callbacks) is within the noise. Both
 sides ran the same 30 rollouts: the population's re-scoring under the current weights is handed to
-GEPA as its seed evaluation instead of being run twice. Only 2 of the 6 pairs ran (the machine was shared, load 5);
-both pairs point the same way.
+GEPA as its seed evaluation instead of being run twice. Only 2 of the 6 pairs ran (the machine was
+shared, load 5); both pairs point the same way.
 """,
     "efficiency": """
 **Reading — the paper's targets are not met at this scale, and the data say why.**

@@ -77,6 +77,8 @@ def test_continual_smoke(tmp_path):
         assert {m["stage"] for m in r["slow"]} == {0, 1, 2}
         assert set(r["retention"]) == {"hover", "codeio", "physics"}
         assert r["seed_harness"] == "task"  # the default: each stage starts from its task's seed harness
+    stages = res["configs"]["task/hover-codeio-physics"]["stages"]
+    assert [(st["task"], st["harness"]) for st in stages] == [(t, t) for t in ("hover", "codeio", "physics")]
 
 
 def test_docs_render_from_results(tmp_path):
