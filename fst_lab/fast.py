@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+from fst_lab.config import CANDIDATE_SELECTIONS, FastConfig  # noqa: F401  (re-exported)
 from fst_lab.harness import Harness, HarnessError, atomic_write_text, few_shot_to_text
 from fst_lab.rollout import Trajectory, rollout_pairs
 
@@ -46,7 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_SELECTIONS = ("pareto", "current_best", "epsilon_greedy", "top_k_pareto")
 RESULT_FILE = "fst_fast_result.json"
 
 # Extra rules appended to GEPA's default reflection prompt for components whose text has a format.
@@ -57,106 +57,6 @@ _COMPONENT_RULES = {
     "few_shot": ("\n\nThe new text must be YAML: a list of conversations, each a list of messages with "
                  "'role' (user or assistant) and 'content' keys, in the same layout as the current one."),
 }
-
-
-# ---------------------------------------------------------------------------- config
-@dataclass
-class FastConfig:
-    """Settings of one fast step (one GEPA round).
-
-    Population:
-        population_size, candidate_selection
-    Budget:
-        budget_passes, max_metric_calls, max_reflection_cost, reflection_minibatch_size
-    Reflection LM (LiteLLM):
-        reflection_lm, api_base, api_key_env, reflection_temperature, reflection_max_tokens,
-        reflection_timeout, reflection_retries
-    Bootstrapped demos:
-        bootstrap, bootstrap_every, max_demos, demo_min_reward
-    Rollouts:
-        temperature, max_new_tokens, seed
-    """
-
-    population_size: int = field(default=4, metadata={"help": (
-        "K, harnesses kept after the round (paper App. D: K=4). The slow loop splits each problem's G "
-        "rollouts G/K per harness, so K must divide G there.")})
-    budget_passes: float = field(default=5.0, metadata={"help": (
-        "GEPA budget in passes over this cycle's training examples (paper App. D: ~5 passes, one "
-        "rollout per (task, harness)): max_metric_calls = budget_passes * len(train_examples), raised "
-        "if needed so that at least one proposal fits after the seed's validation run.")})
-    max_metric_calls: int | None = field(default=None, metadata={"help": (
-        "Exact GEPA budget in rollouts (train minibatches + validation runs); overrides budget_passes.")})
-    max_reflection_cost: float | None = field(default=None, metadata={"help": (
-        "Stop the round once the reflection LM has cost this many USD (LiteLLM's price table).")})
-    reflection_lm: str = field(default="fst-local/policy", metadata={"help": (
-        "LiteLLM model string of the reflection LM ('openai/gpt-4.1-mini', 'ollama/qwen3:8b', "
-        "'hosted_vllm/<model>' with api_base, ...). 'fst-local/policy' (default, offline) is the current "
-        "policy itself, served in-process; the paper uses a frozen frontier model.")})
-    api_base: str | None = field(default=None, metadata={"help": (
-        "Base URL for self-hosted OpenAI-compatible servers (vLLM, Ollama, transformers serve).")})
-    api_key_env: str | None = field(default=None, metadata={"help": (
-        "Name of the environment variable holding the API key (the key itself is never stored in a "
-        "config). Unset: LiteLLM reads the provider's usual variable, e.g. OPENAI_API_KEY.")})
-    reflection_temperature: float | None = field(default=None, metadata={"help": (
-        "Sampling temperature of the reflection LM (None = provider default; the local one is greedy).")})
-    reflection_max_tokens: int | None = field(default=None, metadata={"help": (
-        "Reply length cap of the reflection LM (None = provider default; 256 for fst-local).")})
-    reflection_timeout: float = field(default=60.0, metadata={"help": "Seconds per reflection LM attempt."})
-    reflection_retries: int = field(default=3, metadata={"help": (
-        "Retries after a timeout, 429, 5xx or connection error; then the proposal is dropped.")})
-    reflection_minibatch_size: int = field(default=3, metadata={"help": (
-        "Training problems per GEPA proposal: rolled out with the parent, shown to the reflection LM, "
-        "and rolled out again with the child for GEPA's acceptance test (GEPA's default: 3).")})
-    candidate_selection: str = field(default="pareto", metadata={"help": (
-        "How GEPA picks the parent of each proposal: pareto | current_best | epsilon_greedy | top_k_pareto.")})
-    bootstrap: bool = field(default=True, metadata={"help": (
-        "Also propose few-shot demos bootstrapped from the policy's own successful training rollouts "
-        "(needs 'few_shot' among the harness's evolvable components).")})
-    bootstrap_every: int = field(default=2, metadata={"help": (
-        "Bootstrap on the 1st, (n+1)-th, (2n+1)-th ... proposal and reflect on the others (1 = always "
-        "bootstrap); 0 = bootstrap only when GEPA's round-robin selects the few_shot component. A "
-        "bootstrap turn with no usable demo falls back to reflection.")})
-    max_demos: int = field(default=2, metadata={"help": "Demos per bootstrapped few_shot component."})
-    demo_min_reward: float = field(default=1.0, metadata={"help": (
-        "A trajectory becomes a demo only with at least this reward.")})
-    temperature: float | None = field(default=None, metadata={"help": (
-        "Rollout temperature while evaluating harnesses (None = each harness's loop.temperature).")})
-    max_new_tokens: int | None = field(default=None, metadata={"help": (
-        "Per-turn token cap while evaluating (None = each harness's loop.max_new_tokens).")})
-    seed: int = field(default=0, metadata={"help": "Seed of GEPA's sampling and of rollout sampling."})
-    use_merge: bool = field(default=False, metadata={"help": "Enable GEPA's merge proposer."})
-
-    def __post_init__(self):
-        if self.population_size < 1:
-            raise ValueError(f"population_size must be >= 1, got {self.population_size}")
-        if self.max_metric_calls is None and not self.budget_passes > 0:
-            raise ValueError(f"budget_passes must be > 0, got {self.budget_passes}")
-        if self.max_metric_calls is not None and self.max_metric_calls < 1:
-            raise ValueError(f"max_metric_calls must be >= 1, got {self.max_metric_calls}")
-        if self.candidate_selection not in CANDIDATE_SELECTIONS:
-            raise ValueError(f"candidate_selection must be one of {CANDIDATE_SELECTIONS}, "
-                             f"got {self.candidate_selection!r}")
-        if self.reflection_minibatch_size < 1:
-            raise ValueError(f"reflection_minibatch_size must be >= 1, got {self.reflection_minibatch_size}")
-        if self.bootstrap_every < 0:
-            raise ValueError(f"bootstrap_every must be >= 0, got {self.bootstrap_every}")
-        if self.max_demos < 1:
-            raise ValueError(f"max_demos must be >= 1, got {self.max_demos}")
-        if self.reflection_retries < 0:
-            raise ValueError(f"reflection_retries must be >= 0, got {self.reflection_retries}")
-        if "/" not in self.reflection_lm:
-            raise ValueError(f"reflection_lm must be a LiteLLM 'provider/model' string, got {self.reflection_lm!r}")
-
-    def budget(self, n_train: int, n_val: int) -> int:
-        """GEPA's max_metric_calls for a round with these example counts."""
-        if self.max_metric_calls is not None:
-            return int(self.max_metric_calls)
-        passes = int(math.ceil(self.budget_passes * n_train))
-        # The seed's validation run comes first; leave room for at least one proposal after it.
-        return max(passes, n_val + 2 * min(self.reflection_minibatch_size, max(1, n_train)))
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def candidate_key(candidate: Mapping[str, str]) -> str:

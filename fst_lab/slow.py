@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from fst_lab.config import LOSS_TYPES, VLLM_MODES, SlowConfig  # noqa: F401  (re-exported)
 from fst_lab.harness import Harness, atomic_write_text
 from fst_lab.models import Policy, render_chat
 
@@ -71,123 +72,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-LOSS_TYPES = ("cispo", "grpo", "dapo", "dr_grpo")
-VLLM_MODES = ("colocate", "server")
 STATE_FILE = "fst_state.json"
 STATE_FORMAT = 1
 _N_SLOTS = 1024  # placeholder dataset rows; they only pace TRL's sampler (examples come from our own stream)
-
-
-def _f(default, help: str, **kw):
-    """A dataclass field with help text (``metadata["help"]``, as in TRL's configs)."""
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
-
-
-@dataclass
-class SlowConfig:
-    """Settings of the slow loop. Defaults cite their source: "paper" = *Learning, Fast and Slow* (arXiv
-    2605.12484) as read from its App. D by a third party; "ours" = chosen for this project.
-
-    Loss & objective: ``loss_type``, ``epsilon_high``, ``epsilon``, ``beta``, ``scale_rewards``,
-    ``drop_zero_variance_groups``.
-    Optimiser: ``learning_rate``, ``adam_beta1``, ``adam_beta2``, ``adam_epsilon``, ``weight_decay``,
-    ``warmup_steps``, ``max_grad_norm``.
-    Batch: ``num_generations`` (G), ``population_size`` (K), ``prompts_per_step``, ``micro_batch_size``.
-    Sampling: ``max_completion_length``, ``temperature``, ``rollout_batch_size``.
-    Weights: ``lora``, ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_target_modules``,
-    ``gradient_checkpointing``.
-    Backend: ``backend``, ``use_vllm``, ``vllm_mode``, ``vllm_gpu_memory_utilization``.
-    Bookkeeping: ``seed``, ``report_to``, ``kl_probe_size``.
-    """
-
-    loss_type: str = _f("cispo", "Policy loss: cispo | grpo | dapo | dr_grpo (TRL's implementations). Paper: CISPO.")
-    epsilon_high: float = _f(4.0, "CISPO: the cap tau on the importance ratio, sg(min(rho, tau)), no lower bound "
-                                  "(paper: tau = 4.0). For grpo/dapo/dr_grpo it is the upper clip epsilon "
-                                  "(DAPO uses 0.28): change it when you change loss_type.")
-    epsilon: float = _f(0.2, "Lower clip epsilon for grpo/dapo/dr_grpo (TRL default); unused by CISPO.")
-    beta: float = _f(0.001, "KL coefficient to the start weights (paper: 0.001). With LoRA the reference is the "
-                            "adapter-disabled model; with full fine-tuning a frozen copy. 0 disables the KL term.")
-    scale_rewards: str = _f("group", "Advantage scaling: 'group' divides by the group's std, A = (r - mean_g) / "
-                                     "(std_g + eps) (paper); 'batch' or 'none' as in TRL.")
-    drop_zero_variance_groups: bool = _f(True, "Problems whose G rewards are all equal carry no signal and are "
-                                               "dropped from the loss and its token count (paper).")
-    learning_rate: float = _f(2e-5, "AdamW learning rate (ours: mid-range for LoRA RL on a 135M model; the paper's "
-                                    "rate is for its own model size).")
-    adam_beta1: float = _f(0.9, "AdamW beta1 (paper App. D).")
-    adam_beta2: float = _f(0.999, "AdamW beta2 (paper App. D).")
-    adam_epsilon: float = _f(1e-8, "AdamW epsilon (paper App. D).")
-    weight_decay: float = _f(0.0, "AdamW weight decay (paper App. D).")
-    warmup_steps: int = _f(10, "Linear warm-up steps, then a constant rate (paper App. D: 10). The first step "
-                               "runs at rate 0, as in transformers' schedules.")
-    max_grad_norm: float = _f(0.0, "Gradient clipping norm; 0 disables it (paper: no clipping). HF's Trainer clips "
-                                   "only when > 0 (None would crash its comparison).")
-    num_generations: int = _f(8, "G: rollouts per problem (paper: 8).")
-    population_size: int = _f(4, "K: harnesses in the population; each gets G/K rollouts of every problem (paper: "
-                                 "4). Must divide G.")
-    prompts_per_step: int = _f(4, "Problems per optimizer step (ours: CPU-sized). Each step trains on "
-                                  "prompts_per_step * G completions; must divide by the number of processes.")
-    micro_batch_size: int | None = _f(None, "Completions per forward/backward pass on each process; smaller values "
-                                            "trade speed for memory via gradient accumulation. None: all of them "
-                                            "at once. Must divide the per-process completions.")
-    max_completion_length: int | None = _f(None, "New tokens per model turn during RL. None: each harness's "
-                                                 "loop.max_new_tokens.")
-    temperature: float = _f(1.0, "Sampling temperature for RL rollouts (paper: 1.0); also the temperature TRL "
-                                 "divides logits by in the loss, so the two stay consistent.")
-    rollout_batch_size: int = _f(32, "Sequences per generate() call in rollouts (ours; memory knob).")
-    lora: bool = _f(True, "Train a LoRA adapter (True) or all weights (False, full fine-tuning).")
-    lora_r: int = _f(16, "LoRA rank (ours; a common default).")
-    lora_alpha: int = _f(32, "LoRA alpha (ours: 2 * r).")
-    lora_dropout: float = _f(0.0, "LoRA dropout (ours: 0, so generation and training logprobs agree).")
-    lora_target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"],
-                                        "Modules that get LoRA adapters (ours: attention projections).")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in backward (saves memory, costs time). Off by "
-                                             "default: TRL turns it on, which only slows small CPU runs down.")
-    backend: str = _f("auto", "auto | transformers | unsloth. auto: Unsloth when CUDA, unsloth and an "
-                              "Unsloth-loaded policy are all present; transformers + PEFT otherwise.")
-    use_vllm: bool = _f(False, "Generate RL rollouts with TRL's colocated vLLM engine (GPU only).")
-    vllm_mode: str = _f("colocate", "vLLM mode. Only 'colocate' is accepted: 'server' sends one prompt with n=G "
-                                    "and would lose the per-rollout harness prompts.")
-    vllm_gpu_memory_utilization: float = _f(0.3, "GPU memory fraction for colocated vLLM (TRL's default).")
-    seed: int = _f(0, "Seed for LoRA init, TRL's sampler and the example stream.")
-    report_to: str | list[str] = _f("none", "Passed to TRL/transformers (none, wandb, trackio, tensorboard...).")
-    kl_probe_size: int = _f(4, "Examples in the fixed KL probe set (val split); 0 disables the per-step probe.")
-
-    def __post_init__(self):
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.num_generations < 2:
-            raise ValueError(f"num_generations (G) must be >= 2 for group advantages, got {self.num_generations}")
-        if self.population_size < 1:
-            raise ValueError(f"population_size (K) must be >= 1, got {self.population_size}")
-        if self.num_generations % self.population_size:
-            raise ValueError(f"population_size K={self.population_size} must divide num_generations "
-                             f"G={self.num_generations} (each harness gets G/K rollouts of every problem)")
-        if self.prompts_per_step < 1:
-            raise ValueError(f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
-        if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1 or None, got {self.micro_batch_size}")
-        if self.vllm_mode not in VLLM_MODES:
-            raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
-        if self.use_vllm and self.vllm_mode == "server":
-            raise ValueError("vllm_mode='server' is not supported: a vLLM server generates G completions from ONE "
-                             "prompt per problem (n=G), which loses the per-rollout harness prompts FST needs. "
-                             "Use vllm_mode='colocate'.")
-        if self.backend not in ("auto", "transformers", "unsloth"):
-            raise ValueError(f"backend must be auto, transformers or unsloth, got {self.backend!r}")
-        if self.scale_rewards not in ("group", "batch", "none"):
-            raise ValueError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
-        if self.max_grad_norm is None:
-            self.max_grad_norm = 0.0
-        if self.loss_type != "cispo" and self.epsilon_high > 1.0:
-            warnings.warn(f"epsilon_high={self.epsilon_high} is CISPO's ratio cap; for loss_type="
-                          f"{self.loss_type!r} it is a clip epsilon (DAPO: 0.28)", stacklevel=2)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------------------- episodes -> tokens
