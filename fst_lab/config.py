@@ -7,10 +7,20 @@
     population_size: 4   # K (paper App. D)
     num_generations: 8   # G (paper App. D); K must divide G
     schedule: "p -> w*6" # optional: per-cycle recipe, DSPy-BetterTogether style
+    fast: {budget_passes: 3}        # FastConfig: the GEPA round
+    slow: {learning_rate: 1.0e-4}   # SlowConfig: the RL step
 
-Schedules: a cycle is a sequence of ``p`` (a fast/prompt step: one GEPA round) and ``w`` (a slow/weights
-step: one RL optimizer step), joined by ``->``; ``w*6`` repeats. Defaults per mode: fst ``p -> w*T``,
-rl ``w*T``, gepa ``p``.
+Schedules: a cycle is a sequence of ``p`` (a fast/prompt step: one GEPA round), ``w`` (a slow/weights
+step: one RL optimizer step) and ``c`` (a consolidation step), joined by ``->``; ``w*6`` repeats.
+Defaults per mode: fst ``p -> w*T``, rl ``w*T``, gepa ``p`` (gepa freezes the weights: no ``w``, no ``c``).
+
+Stated once: K (``population_size``), G (``num_generations``), ``seed``, ``max_new_tokens``,
+``prompts_per_step`` and ``report_to`` live at the top level and flow into both ``fast`` and ``slow``;
+repeating one there with another value is refused. ``FSTConfig.fast`` / ``.slow`` are the typed
+:class:`FastConfig` / :class:`SlowConfig` the loops run with.
+
+Every mistake is refused before anything is written, as a :class:`ConfigError` naming file, line and
+field: ``c.yaml:9: fast.budget_pases: unknown key; did you mean budget_passes?``.
 
 Continual learning: ``stages`` is a list of ``{task, level, steps}``; the run switches task after each
 stage's RL steps (paper: HoVer -> CodeIO -> Physics every 200 steps, task-agnostic seed harness).
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import re
 import warnings
@@ -29,11 +40,33 @@ from typing import Any
 
 import yaml
 
+from fst_lab.errors import FstLabError
+
 MODES = ("fst", "rl", "gepa")
 
 
-class ConfigError(ValueError):
-    """The run config is invalid. The message names the field (and the file, when loaded from one)."""
+class ConfigError(FstLabError, ValueError):
+    """The run config is invalid. ``str(e)`` is ``[file[:line]: ][field.path: ]message`` on one line.
+
+    ``path`` is the field (``fast.budget_passes``, ``stages[1].task``); ``source``/``line`` say where it
+    came from when the config was loaded from a file.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, source: str | None = None,
+                 line: int | None = None):
+        self.message, self.path, self.source, self.line = message, path, source, line
+        where = f"{source}:{line}" if source and line else (source or "")
+        super().__init__(": ".join(p for p in (where, path, message) if p))
+
+    def located(self, source: str | None, lines: dict[str, int] | None = None) -> "ConfigError":
+        """The same error, placed in ``source`` at the line of its field (or the nearest enclosing one)."""
+        if self.source is not None or source is None:
+            return self
+        line, path = None, self.path
+        while path and lines and line is None:
+            line = lines.get(path)
+            path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path) if re.search(r"[.\[]", path) else None
+        return ConfigError(self.message, path=self.path, source=source, line=line)
 
 
 def _f(default, help: str, **kw):
@@ -184,7 +217,7 @@ class SlowConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay (paper App. D).")
     warmup_steps: int = _f(10, "Linear warm-up steps, then a constant rate (paper App. D: 10). The first step "
                                "runs at rate 0, as in transformers' schedules.")
-    max_grad_norm: float = _f(0.0, "Gradient clipping norm; 0 disables it (paper: no clipping). HF's Trainer clips "
+    max_grad_norm: float | None = _f(0.0, "Gradient clipping norm; 0 disables it (paper: no clipping). HF's Trainer clips "
                                    "only when > 0 (None would crash its comparison).")
     num_generations: int = _f(8, "G: rollouts per problem (paper: 8).")
     population_size: int = _f(4, "K: harnesses in the population; each gets G/K rollouts of every problem (paper: "
@@ -254,6 +287,95 @@ class SlowConfig:
 
 
 
+# Settings stated once, at the top level of FSTConfig, and the field each one fills in a loop config.
+FAST_SHARED = {"population_size": "population_size", "seed": "seed", "max_new_tokens": "max_new_tokens"}
+SLOW_SHARED = {"population_size": "population_size", "num_generations": "num_generations", "seed": "seed",
+               "prompts_per_step": "prompts_per_step", "report_to": "report_to",
+               "max_completion_length": "max_new_tokens"}
+_SHARED_NOTE = ("K, G, seed, max_new_tokens, prompts_per_step and report_to are stated once, at the top level, "
+                "and flow into both loops")
+
+_EXPECTED = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+             "list": "a list", "list[str]": "a list of strings", "dict": "a mapping", "None": "null"}
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _checked(path: str, value: Any, annotation: str) -> Any:
+    """``value`` if it fits the field's annotation (a string such as ``"int | None"``), else ConfigError.
+
+    Numbers written as YAML 1.1 can't read them (``1e-4`` is a string to PyYAML) become floats."""
+    alts = [a.strip() for a in str(annotation).split("|")]
+    for a in alts:
+        if a == "None" and value is None:
+            return value
+        if a == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if a == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if a == "str" and isinstance(value, str):
+            return value
+        if a == "bool" and isinstance(value, bool):
+            return value
+        if a in ("list", "list[str]") and isinstance(value, list):
+            if a == "list" or all(isinstance(x, str) for x in value):
+                return value
+        if a == "dict" and isinstance(value, dict):
+            return value
+    if "float" in alts and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    if not any(a in _EXPECTED for a in alts):  # a type this checker does not know: leave it to the class
+        return value
+    expected = " or ".join(_EXPECTED.get(a, a) for a in alts)
+    raise ConfigError(f"expected {expected}, got {_short(value)}", path=path)
+
+
+# Names people write for fields that difflib would not match (the paper's letters, common abbreviations).
+_ALIASES = {"K": "population_size", "G": "num_generations", "T": "steps_per_cycle", "lr": "learning_rate",
+            "kl_coef": "beta", "max_tokens": "max_new_tokens", "steps": "steps_per_cycle"}
+
+
+def _yamlish(v: Any) -> str:
+    return "null" if v is None else "true" if v is True else "false" if v is False else _short(v)
+
+
+def _key_name(k: Any) -> str:
+    return k if isinstance(k, str) and k.isidentifier() else repr(k)
+
+
+def _refuse_unknown(prefix: str, keys, known: list[str], elsewhere: dict[str, str] | None = None) -> None:
+    """ConfigError for the first key not in ``known``, with the closest known name as a hint."""
+    for k in keys:
+        if k in known:
+            continue
+        path = f"{prefix}{_key_name(k)}"
+        home = (elsewhere or {}).get(k) if isinstance(k, str) else None
+        if home:
+            raise ConfigError(f"unknown key here; it belongs {home}", path=path)
+        alias = _ALIASES.get(str(k))
+        close = [alias] if alias in known else difflib.get_close_matches(str(k), known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f" (known keys: {', '.join(known)})"
+        raise ConfigError(f"unknown key{hint}", path=path)
+
+
+def _homes(exclude: str = "") -> dict[str, str]:
+    """Where a loop setting belongs, for keys written in the wrong section: ``{"beta": "under slow:"}``."""
+    found: dict[str, list[str]] = {}
+    for section, cls in (("fast", FastConfig), ("slow", SlowConfig)):
+        if section != exclude:
+            for f in fields(cls):
+                found.setdefault(f.name, []).append(section)
+    return {n: "under " + " or ".join(f"{s}:" for s in secs) for n, secs in found.items()}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 @dataclass
 class Stage:
     """One stage of a (continual) run: a task, its difficulty, and how many RL steps it lasts."""
@@ -270,8 +392,16 @@ class FSTConfig:
     """Everything a run needs. Defaults follow the paper (App. D, third-party reading) where it has one.
 
     Groups: *what* (mode, model, task/stages, harness), *schedule* (cycles, T, K, G, schedule string),
-    *data* (examples per cycle, eval), *fast loop* (``fast``: FastConfig overrides), *slow loop*
-    (``slow``: SlowConfig overrides), *bookkeeping* (seed, runs_root, checkpoints, tracking).
+    *data* (examples per cycle, eval), *fast loop* (``fast``: a :class:`FastConfig`), *slow loop*
+    (``slow``: a :class:`SlowConfig`), *bookkeeping* (seed, runs_root, checkpoints, tracking).
+
+    ``fast`` and ``slow`` may be given as mappings (as in YAML) or as the typed configs; either way they
+    hold the typed configs after construction, with K, G, seed, max_new_tokens, prompts_per_step and
+    report_to filled in from the top level::
+
+        >>> c = FSTConfig(population_size=2, num_generations=4, seed=3, fast={"budget_passes": 2})
+        >>> (c.fast.population_size, c.fast.seed, c.slow.num_generations, c.fast.budget_passes)
+        (2, 3, 4, 2)
     """
 
     # what
@@ -285,133 +415,183 @@ class FSTConfig:
     # schedule
     cycles: int = _f(2, "Number of fast/slow cycles for `run()`.")
     steps_per_cycle: int = _f(6, "T: RL steps between GEPA rounds (paper App. D: T=6).")
-    population_size: int = _f(4, "K: harnesses in the population (paper App. D: K=4).")
-    num_generations: int = _f(8, "G: rollouts per problem, split G/K per harness (paper App. D: G=8).")
-    schedule: str | None = _f(None, "Per-cycle recipe, e.g. 'p -> w*6'. None: the mode's default.")
+    population_size: int = _f(4, "K: harnesses in the population (paper App. D: K=4). Flows into fast and slow.")
+    num_generations: int = _f(8, "G: rollouts per problem, split G/K per harness (paper App. D: G=8). Flows "
+                                 "into slow.")
+    schedule: str | None = _f(None, "Per-cycle recipe of p (GEPA round), w (RL step) and c (consolidation step), "
+                                    "e.g. 'p -> w*6'. None: the mode's default.")
     # data
-    prompts_per_step: int = _f(2, "Problems per RL step (ours: CPU scale; paper uses far larger batches).")
+    prompts_per_step: int = _f(2, "Problems per RL step (ours: CPU scale; paper uses far larger batches). Flows "
+                                  "into slow.")
     fast_train_size: int = _f(8, "Examples GEPA reflects on per round (ours: CPU scale).")
     fast_val_size: int = _f(8, "Examples GEPA selects the Pareto front on per round (ours: CPU scale).")
     eval_size: int = _f(16, "Validation examples for `evaluate()`.")
     eval_k: int = _f(1, "Samples per validation example for mean@k.")
     eval_every_cycle: bool = _f(True, "Evaluate on validation at the end of each cycle.")
-    max_new_tokens: int | None = _f(None, "Override the harness's max_new_tokens for all rollouts (None: harness).")
+    max_new_tokens: int | None = _f(None, "Override the harness's max_new_tokens for all rollouts (None: harness). "
+                                          "Flows into fast.max_new_tokens and slow.max_completion_length.")
     # loops
-    fast: dict = _f({}, "FastConfig overrides (fst_lab.fast.FastConfig): budget_passes, reflection_lm, ...")
-    slow: dict = _f({}, "SlowConfig overrides (fst_lab.slow.SlowConfig): loss_type, beta, learning_rate, ...")
+    fast: FastConfig = field(default_factory=dict, metadata={"help": (
+        "The fast loop (FastConfig): budget_passes, reflection_lm, ... Written as a mapping in YAML.")})
+    slow: SlowConfig = field(default_factory=dict, metadata={"help": (
+        "The slow loop (SlowConfig): loss_type, beta, learning_rate, ... Written as a mapping in YAML.")})
     # bookkeeping
-    seed: int = _f(0, "Seed for data, sampling and training.")
+    seed: int = _f(0, "Seed for data, sampling and training. Flows into fast and slow.")
     runs_root: str = _f("runs", "Where run directories are created.")
     run_name: str | None = _f(None, "Run directory name (None: <mode>-<task>-<timestamp>).")
     checkpoint_every: int = _f(1, "Save adapter + optimizer state every N RL steps (resume loses nothing after it).")
     save_rollouts: int = _f(8, "Trajectories per step written to rollouts/ for the browsers.")
-    report_to: str = _f("none", "Passed to TRL: none | trackio | wandb | mlflow (JSONL is always written).")
+    report_to: str = _f("none", "Passed to TRL: none | trackio | wandb | mlflow (JSONL is always written). Flows "
+                                "into slow.")
 
     def __post_init__(self):
         self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
+        """Check every field and (re)build the typed ``fast``/``slow`` configs; ConfigError on the first
+        problem, naming its field."""
+        for f in fields(self):
+            if f.name not in ("fast", "slow"):
+                setattr(self, f.name, _checked(f.name, getattr(self, f.name), f.type))
         if self.mode not in MODES:
-            raise ConfigError(f"mode: '{self.mode}' is not one of {list(MODES)}")
+            raise ConfigError(f"'{self.mode}' is not one of {list(MODES)}", path="mode")
         for name in ("cycles", "steps_per_cycle", "population_size", "num_generations", "prompts_per_step",
-                     "fast_train_size", "fast_val_size", "eval_size", "eval_k", "checkpoint_every"):
+                     "fast_train_size", "fast_val_size", "eval_size", "eval_k", "checkpoint_every",
+                     "save_rollouts"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "cycles" else 1):
-                raise ConfigError(f"{name}: must be a positive integer, got {v!r}")
+            if v < (0 if name in ("cycles", "save_rollouts") else 1):
+                raise ConfigError(f"must be a positive integer, got {v!r}", path=name)
         if self.num_generations % self.population_size:
-            raise ConfigError(f"population_size (K={self.population_size}) must divide num_generations "
-                              f"(G={self.num_generations}): each problem's G rollouts are split G/K per harness")
+            raise ConfigError(f"K={self.population_size} must divide num_generations G={self.num_generations}: "
+                              "each problem's G rollouts are split G/K per harness", path="population_size")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError(f"must be a positive integer or null, got {self.max_new_tokens!r}",
+                              path="max_new_tokens")
         from fst_lab.tasks.base import task_names
 
         known = task_names()
         for i, st in enumerate(self.stage_list()):
             where = f"stages[{i}]" if self.stages else "task"
             if st.task not in known:
-                raise ConfigError(f"{where}: unknown task '{st.task}' (available: {known})")
-            if st.steps is not None and (not isinstance(st.steps, int) or isinstance(st.steps, bool)):
-                raise ConfigError(f"{where}.steps: expected an integer, got {st.steps!r}")
-            if not isinstance(st.level, int) or isinstance(st.level, bool):
-                raise ConfigError(f"{where}.level: expected an integer, got {st.level!r}")
+                raise ConfigError(f"unknown task '{st.task}' (available: {known})",
+                                  path=f"{where}.task" if self.stages else "task")
             if self.stages and (st.steps is None or st.steps < 1) and i < len(self.stages) - 1:
-                raise ConfigError(f"{where}.steps: every stage but the last needs a positive step count")
-        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
-            raise ConfigError(f"max_new_tokens: must be a positive integer or null, got {self.max_new_tokens!r}")
-        for key in ("fast", "slow"):
-            if not isinstance(getattr(self, key), dict):
-                raise ConfigError(f"{key}: must be a mapping of overrides")
+                raise ConfigError("every stage but the last needs a positive step count", path=f"{where}.steps")
+        self.fast = self._loop("fast", FastConfig, self.fast, FAST_SHARED)
+        self.slow = self._loop("slow", SlowConfig, self.slow, SLOW_SHARED)
         self.cycle_plan()  # parses the schedule
+
+    def _loop(self, key: str, cls: type, value: Any, shared: dict[str, str]):
+        """The typed loop config for ``fast``/``slow``: its own settings plus the shared top-level ones."""
+        names = [f.name for f in fields(cls)]
+        types = {f.name: f.type for f in fields(cls)}
+        synced = self.__dict__.setdefault("_synced", {}).get(key, {})
+        if isinstance(value, cls):
+            # A typed config from Python: its shared fields count as stated only when they were set
+            # explicitly, i.e. differ from the class default and from what this config filled in before.
+            over = {}
+            for f in fields(cls):
+                v = getattr(value, f.name)
+                if f.name in shared and (v == _default(f) or (f.name in synced and v == synced[f.name])):
+                    continue
+                over[f.name] = copy.deepcopy(v)
+        elif isinstance(value, dict):
+            other = _homes(exclude=key)
+            other.update({f.name: "at the top level" for f in fields(FSTConfig) if f.name not in names})
+            _refuse_unknown(f"{key}.", value, names, other)
+            over = dict(value)
+        else:
+            raise ConfigError(f"expected a mapping of {cls.__name__} settings, got {_short(value)}", path=key)
+        for name in list(over):
+            over[name] = _checked(f"{key}.{name}", over[name], types[name])
+        tops = {name: getattr(self, top) for name, top in shared.items()}
+        for name, top in shared.items():
+            if name in over and over[name] != tops[name]:
+                raise ConfigError(f"{_yamlish(over[name])} conflicts with {top}: {_yamlish(tops[name])} at the "
+                                  f"top level; {_SHARED_NOTE}", path=f"{key}.{name}")
+        try:
+            obj = cls(**{**over, **tops})
+        except (ValueError, TypeError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            m = re.match(r"(\w+)", msg)
+            field_name = m.group(1) if m and m.group(1) in names else None
+            if field_name in shared:  # stated at the top level: point there
+                path = shared[field_name]
+            else:
+                path = f"{key}.{field_name}" if field_name else key
+            if field_name:  # "loss_type must be ..." -> "slow.loss_type: must be ..."
+                msg = re.sub(rf"^{field_name}\s*(?:\((\w+)\)\s*)?(?=must\b)", lambda m: f"{m.group(1) or ''} ",
+                             msg).strip()
+            raise ConfigError(msg, path=path) from None
+        self._synced[key] = tops
+        return obj
 
     def stage_list(self) -> list[Stage]:
         if not self.stages:
             return [Stage(task=self.task, level=self.level, steps=None, harness=self.harness,
                           task_kwargs=dict(self.task_kwargs))]
         out = []
+        names = [f.name for f in fields(Stage)]
+        types = {f.name: f.type for f in fields(Stage)}
         for i, s in enumerate(self.stages):
             if isinstance(s, Stage):
-                out.append(s)
-                continue
+                s = dataclasses.asdict(s)
             if not isinstance(s, dict):
-                raise ConfigError(f"stages[{i}]: must be a mapping like {{task: hover, steps: 200}}, got {s!r}")
-            unknown = set(s) - {f.name for f in fields(Stage)}
-            if unknown:
-                raise ConfigError(f"stages[{i}]: unknown keys {sorted(unknown)}")
-            out.append(Stage(**s))
+                raise ConfigError(f"must be a mapping like {{task: hover, steps: 200}}, got {_short(s)}",
+                                  path=f"stages[{i}]")
+            _refuse_unknown(f"stages[{i}].", s, names)
+            out.append(Stage(**{k: _checked(f"stages[{i}].{k}", v, types[k]) for k, v in s.items()}))
         return out
 
     def cycle_plan(self) -> list[str]:
-        """The schedule of one cycle as a list of 'p' / 'w' steps."""
+        """The schedule of one cycle as a list of 'p' (fast), 'w' (slow) and 'c' (consolidation) steps."""
         sched = self.schedule
         if sched is None:
             sched = {"fst": f"p -> w*{self.steps_per_cycle}", "rl": f"w*{self.steps_per_cycle}", "gepa": "p"}[self.mode]
         plan: list[str] = []
         for tok in [t.strip() for t in sched.split("->")]:
-            m = re.fullmatch(r"([pw])(?:\s*\*\s*(\d+))?", tok)
+            m = re.fullmatch(r"([pwc])(?:\s*\*\s*(\d+))?", tok)
             if not m:
-                raise ConfigError(f"schedule: cannot parse '{tok}' in '{sched}' (use p, w, w*6 joined by '->')")
+                raise ConfigError(f"cannot parse '{tok}' in '{sched}' (use p, w, c, w*6 joined by '->')",
+                                  path="schedule")
             plan += [m.group(1)] * int(m.group(2) or 1)
+        if not plan:
+            raise ConfigError(f"'{sched}' has no steps (w*0 repeats nothing)", path="schedule")
         if self.mode == "rl" and "p" in plan:
-            raise ConfigError("schedule: mode 'rl' keeps the seed harness fixed; remove 'p' steps")
-        if self.mode == "gepa" and "w" in plan:
-            raise ConfigError("schedule: mode 'gepa' freezes the weights; remove 'w' steps")
+            raise ConfigError("mode 'rl' keeps the seed harness fixed; remove 'p' steps", path="schedule")
+        if self.mode == "gepa" and ("w" in plan or "c" in plan):
+            raise ConfigError("mode 'gepa' freezes the weights; remove 'w' and 'c' steps", path="schedule")
         return plan
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["stages"] = [dataclasses.asdict(s) if isinstance(s, Stage) else dict(s) for s in self.stages]
+        """The YAML shape: plain values, ``fast``/``slow`` as mappings without the shared settings."""
+        d = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("fast", "slow"):
+                shared = FAST_SHARED if f.name == "fast" else SLOW_SHARED
+                v = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else dict(v)
+                v = {k: x for k, x in v.items() if k not in shared}
+            elif f.name == "stages":
+                v = [dataclasses.asdict(s) if isinstance(s, Stage) else copy.deepcopy(s) for s in v]
+            d[f.name] = copy.deepcopy(v)
         return d
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, d: Any, *, source: str | None = None) -> "FSTConfig":
-        where = f"{source}: " if source else ""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where}config must be a mapping, got {type(d).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(f"{where}unknown config keys {unknown}")
-        for k, v in d.items():
-            f = known[k]
-            if f.type in ("int", "int | None") and v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-                raise ConfigError(f"{where}{k}: expected an integer, got {v!r}")
-            if f.type in ("str", "str | None") and v is not None and not isinstance(v, str):
-                raise ConfigError(f"{where}{k}: expected a string, got {v!r}")
-            if f.type in ("bool",) and not isinstance(v, bool):
-                raise ConfigError(f"{where}{k}: expected true/false, got {v!r}")
-            if f.type in ("list",) and not isinstance(v, list):
-                raise ConfigError(f"{where}{k}: expected a list, got {v!r}")
-            if f.type in ("dict",) and not isinstance(v, dict):
-                raise ConfigError(f"{where}{k}: expected a mapping, got {v!r}")
+    def from_dict(cls, d: Any, *, source: str | None = None, lines: dict[str, int] | None = None) -> "FSTConfig":
+        """Build from a mapping (a parsed YAML file). ``source``/``lines`` place errors in that file."""
         try:
-            return cls(**d)
+            if not isinstance(d, dict):
+                raise ConfigError(f"config must be a mapping, got {type(d).__name__}")
+            _refuse_unknown("", d, [f.name for f in fields(cls)], _homes())
+            return cls(**copy.deepcopy(d))
         except ConfigError as e:
-            raise ConfigError(f"{where}{e}") from None
-        except TypeError as e:
-            raise ConfigError(f"{where}{e}") from None
+            raise e.located(source, lines) from None
 
     @classmethod
     def load(cls, path: str | Path) -> "FSTConfig":
@@ -419,22 +599,49 @@ class FSTConfig:
         try:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
+            raise ConfigError("config file not found", source=str(p)) from None
+        except IsADirectoryError:
+            raise ConfigError("is a directory, not a config file", source=str(p)) from None
+        except PermissionError:
+            raise ConfigError("permission denied", source=str(p)) from None
         except UnicodeDecodeError as e:
-            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            raise ConfigError(f"not UTF-8 text ({e.reason} at byte {e.start})", source=str(p)) from None
         try:
             d = yaml.safe_load(text) or {}
+            lines = _yaml_lines(text)
         except yaml.MarkedYAMLError as e:
-            line = e.problem_mark.line + 1 if e.problem_mark else "?"
-            raise ConfigError(f"{p}:{line}: invalid YAML: {e.problem}") from None
+            mark = e.problem_mark or e.context_mark
+            raise ConfigError(f"invalid YAML: {e.problem or e.context}", source=str(p),
+                              line=mark.line + 1 if mark else None) from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
-        return cls.from_dict(d, source=str(p))
+            raise ConfigError(f"invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                              source=str(p)) from None
+        return cls.from_dict(d, source=str(p), lines=lines)
 
     def replace(self, **kw) -> "FSTConfig":
         d = self.to_dict()
         d.update(kw)
         return FSTConfig.from_dict(d)
+
+
+def _yaml_lines(text: str) -> dict[str, int]:
+    """1-based line of every field path in a YAML document (``fast.budget_passes``, ``stages[1].task``)."""
+    out: dict[str, int] = {}
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                name = f"{path}.{k.value}" if path else str(k.value)
+                out.setdefault(name, k.start_mark.line + 1)
+                walk(v, name)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                name = f"{path}[{i}]"
+                out.setdefault(name, v.start_mark.line + 1)
+                walk(v, name)
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    return out
 
 
 def help_table() -> str:

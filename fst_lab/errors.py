@@ -1,0 +1,34 @@
+"""The one error family of fst_lab: every error a user can cause derives from :class:`FstLabError`.
+
+A person meets these at the edges — a config file, a JSONL task file, a harness YAML, a run directory,
+the reflection LM — so each message is one line that names the culprit: the file, and the line and
+field where there is one (``c.yaml:7: fast.budget_pases: unknown key; did you mean budget_passes?``).
+The command line prints them as ``fst-lab: error: <message>`` with exit code 2 and keeps tracebacks for
+real bugs (docs/ERRORS.md); the app and the dashboard show the same line.
+
+The classes live beside the code that raises them (``ConfigError`` in config.py, ``HarnessError`` in
+harness.py, ...) and keep their older bases too (``ValueError``, ``RuntimeError``, ``FileNotFoundError``),
+so callers that caught those still do::
+
+    >>> from fst_lab.errors import FstLabError
+    >>> from fst_lab.config import ConfigError, FSTConfig
+    >>> try:
+    ...     FSTConfig.from_dict({"fast": {"budget_pases": 2}})
+    ... except FstLabError as e:
+    ...     print(e)
+    fast.budget_pases: unknown key; did you mean budget_passes?
+"""
+
+from __future__ import annotations
+
+
+class FstLabError(Exception):
+    """Base of every fst_lab error caused by input (config, harness, task data, run directory, session,
+    tool/sandbox, reflection LM, model lookup). ``str(err)`` is one line naming file:line and field."""
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (a multi-line message is joined with ' | '), as the CLI prints it."""
+    text = str(err).strip() or type(err).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines)
