@@ -131,7 +131,7 @@ def test_config_dump_has_no_key_even_when_env_is_set(tmp_path, canary_env):
     p = tmp_path / "c.yaml"
     p.write_text(cfg.to_yaml())
     assert not _leaks(p.read_bytes(), "config file")
-    assert FSTConfig.load(p).fast["api_key_env"] == "ANTHROPIC_API_KEY"
+    assert FSTConfig.load(p).fast.api_key_env == "ANTHROPIC_API_KEY"
 
 
 def test_notebooks_carry_no_key_like_outputs():
