@@ -193,7 +193,7 @@ class SlowConfig:
     Batch: ``num_generations`` (G), ``population_size`` (K), ``prompts_per_step``, ``micro_batch_size``.
     Sampling: ``max_completion_length``, ``temperature``, ``rollout_batch_size``.
     Weights: ``lora``, ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_target_modules``,
-    ``gradient_checkpointing``.
+    ``gradient_checkpointing``, ``precision``.
     Backend: ``backend``, ``use_vllm``, ``vllm_mode``, ``vllm_gpu_memory_utilization``.
     Bookkeeping: ``seed``, ``report_to``, ``kl_probe_size``.
     """
@@ -240,6 +240,10 @@ class SlowConfig:
                                         "Modules that get LoRA adapters (ours: attention projections).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward (saves memory, costs time). Off by "
                                              "default: TRL turns it on, which only slows small CPU runs down.")
+    precision: str = _f("fp32", "fp32 | bf16. bf16: training forward/backward, the KL reference forward and RL "
+                                "rollouts run under bfloat16 autocast (TRL's bf16=True, also on CPU); master "
+                                "weights, LoRA adapters and optimizer state stay float32, and the KL probe and "
+                                "evaluations stay float32. Measured in docs/BENCHMARKS.md (CPU speed).")
     backend: str = _f("auto", "auto | transformers | unsloth. auto: Unsloth when CUDA, unsloth and an "
                               "Unsloth-loaded policy are all present; transformers + PEFT otherwise.")
     use_vllm: bool = _f(False, "Generate RL rollouts with TRL's colocated vLLM engine (GPU only).")
@@ -276,6 +280,8 @@ class SlowConfig:
             raise ValueError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.max_grad_norm is None:
             self.max_grad_norm = 0.0
         if self.loss_type != "cispo" and self.epsilon_high > 1.0:
