@@ -31,13 +31,15 @@ from typing import Any, Iterable
 
 import yaml
 
+from fst_lab.errors import FstLabError
+
 SCHEMA_VERSION = 1
 ORIGINS = ("seed", "gepa", "bootstrap", "manual", "merge")
 TOOL_DESC_PREFIX = "tool_description_"
 YAML_MODELINE = "# yaml-language-server: $schema=../fst_lab/schemas/harness.schema.json\n"
 
 
-class HarnessError(ValueError):
+class HarnessError(FstLabError, ValueError):
     """A harness file or candidate is invalid. The message names the file, field path and line."""
 
     def __init__(self, message: str, *, source: str | None = None, path: str | None = None,

@@ -34,6 +34,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fst_lab.errors import FstLabError
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,7 +52,7 @@ MOCK_TIMEOUT = "litellm.Timeout"  # a mock_response value that makes LiteLLM rai
 TRANSIENT = frozenset({"timeout", "rate_limit", "server", "connection"})
 
 
-class ReflectionError(RuntimeError):
+class ReflectionError(FstLabError, RuntimeError):
     """A reflection call failed; ``kind`` says how (timeout, rate_limit, server, connection, auth,
     bad_request, not_found, empty, malformed, too_long, error)."""
 

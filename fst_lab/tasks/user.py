@@ -45,6 +45,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from fst_lab.errors import FstLabError
 from fst_lab.tasks.base import SPLITS, Example, Score, extract_answer, parse_number, register_task
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 _SCORER_ARGS = ("prediction", "answer", "example", "trajectory", "text")
 
 
-class TaskDataError(ValueError):
+class TaskDataError(FstLabError, ValueError):
     """A data file or dataset is malformed; the message names the file and line (or row)."""
 
 
