@@ -116,12 +116,15 @@ def make(kind: str, counters: Mapping[str, int], *, task: str | None = None, t0:
 def slow_fields(step: Mapping[str, Any]) -> dict:
     """A slow-loop step's metrics (``SlowLearner.step`` output) as slow-record fields.
 
-    Maps the learner's names onto the schema: its per-step ``samples`` -> ``rollouts``, its probe KL
+    A dict with ``rollouts`` is already in the schema and passes through. Older learners' names are
+    mapped: its per-step ``samples`` -> ``rollouts``, its probe KL
     ``kl_probe``/``kl_probe_bare`` -> ``kl``/``kl_bare``, TRL's batch ``kl`` -> ``kl_train``; its
     learner-lifetime count ``samples_seen`` is dropped (``samples_rl`` is the run's).
     """
     m = dict(step)
     m.pop("samples_seen", None)
+    if "rollouts" in m:  # already in the schema (the learner's own names match)
+        return {k: v for k, v in m.items() if k not in COUNTERS}
     if "samples" in m:
         m.setdefault("rollouts", m.pop("samples"))
     if "kl_probe" in m:  # the learner still names TRL's batch KL "kl" next to its probe

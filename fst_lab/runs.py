@@ -1,4 +1,4 @@
-"""Run directories: layout, atomic writes, and *pure* loaders for notebooks and the app.
+"""Run directories: layout and *pure* loaders for notebooks and the app (writing is :mod:`fst_lab.rundir`).
 
 Nothing here imports torch, transformers, TRL or GEPA, and nothing is ever unpickled: loading
 someone else's run directory reads only JSON, JSONL and YAML (``yaml.safe_load``).
@@ -8,8 +8,8 @@ Layout (human-readable first; JSONL is the source of truth)::
     RUN/
       config.yaml                 the FSTConfig that started the run
       state.json                  counters + live population ids (rewritten atomically at each boundary)
-      metrics.jsonl               one JSON object per slow step / fast round / evaluation
-      events.jsonl                lifecycle: start, resume, fast, slow, edit, eval, stop, error
+      metrics.jsonl               one JSON object per slow step / fast round / evaluation (fst_lab.records)
+      events.jsonl                lifecycle: start, resume, fast, edit, stage, stop, ... (fst_lab.records)
       harnesses/all/<id>.yaml     every harness ever seen (the lineage store), by content id
       harnesses/current/*.yaml    the live population — edit these by hand mid-run
       populations/cycle_0001.yaml population snapshot at the end of each cycle (ids, scores, lineage)
@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
-from fst_lab.harness import Harness, HarnessError, atomic_write_text
+from fst_lab import records
+from fst_lab.harness import Harness, HarnessError
+from fst_lab.records import running_max  # noqa: F401  (re-exported: readers import it from here)
 
 STATE = "state.json"
 METRICS = "metrics.jsonl"
@@ -47,26 +48,8 @@ class RunDirError(ValueError):
     """A run directory is missing, outside the allowed root, or unreadable."""
 
 
-# ---------------------------------------------------------------------------- writes
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def append_jsonl(path: str | os.PathLike, obj: dict) -> None:
-    """Append one line and fsync. A crash can leave at most a torn *last* line, which readers skip; the
-    next append starts on a fresh line, so the torn one never swallows a later record."""
-    line = (json.dumps(obj, default=_json_default, ensure_ascii=False) + "\n").encode("utf-8")
-    with open(path, "ab+") as f:  # writes always go to the end; reading the last byte is allowed
-        if f.seek(0, os.SEEK_END) > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                line = b"\n" + line
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _json_default(o):
+def json_default(o):
+    """``default=`` for json.dumps of records (objects with ``to_json``, sets, paths, numpy scalars)."""
     if hasattr(o, "to_json"):
         return o.to_json()
     if isinstance(o, (set, tuple)):
@@ -217,14 +200,9 @@ class RunView:
             return self.path / "checkpoints" / name
         return None
 
-    def series(self, kind: str, key: str, x: str = "samples") -> tuple[list[float], list[float]]:
-        """(xs, ys) of metric ``key`` over records of ``kind`` (``slow``, ``fast``, ``eval``)."""
-        xs, ys = [], []
-        for m in self.metrics:
-            if m.get("kind") == kind and m.get(key) is not None and m.get(x) is not None:
-                xs.append(m[x])
-                ys.append(m[key])
-        return xs, ys
+    def series(self, kind: str, key: str, x: str = "samples") -> tuple[list, list]:
+        """(xs, ys) of metric ``key`` over records of ``kind`` (see :func:`fst_lab.records.series`)."""
+        return records.series(self.metrics, kind, key, x)
 
     def rollouts(self, limit: int = 200) -> list[dict]:
         out: list[dict] = []
@@ -254,12 +232,9 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
         raise RunDirError(f"{p / STATE}: unreadable ({type(e).__name__}: {e})") from None
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise RunDirError(f"{p}: {CONFIG} and {STATE} must each hold a mapping")
-    return RunView(path=p, config=config, state=state, metrics=read_jsonl(p / METRICS), events=read_jsonl(p / EVENTS))
+    return RunView(path=p, config=config, state=state, metrics=records.normalize_all(read_jsonl(p / METRICS)), events=read_jsonl(p / EVENTS))
 
 
-def running_max(values: Iterable[float]) -> list[float]:
-    out, best = [], float("-inf")
-    for v in values:
-        best = max(best, v)
-        out.append(best)
-    return out
+def score_text(score: float | None) -> str:
+    """How every view shows a harness score: ``0.562``, or ``not evaluated`` (e.g. a fresh hand edit)."""
+    return "not evaluated" if score is None else f"{score:.3f}"

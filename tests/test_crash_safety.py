@@ -251,7 +251,7 @@ def test_sigkill_at_many_points_never_loses_work(tmp_path):
 def test_a_torn_jsonl_line_never_swallows_the_next_record(tmp_path):
     """SIGKILL mid-append leaves half a line without its newline; the next append must start a new line
     (otherwise the record written after the resume is glued to the fragment and lost to every reader)."""
-    from fst_lab.runs import append_jsonl
+    from fst_lab.rundir import append_jsonl
 
     p = tmp_path / "metrics.jsonl"
     append_jsonl(p, {"kind": "slow", "rl_step": 1})

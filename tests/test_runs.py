@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fst_lab.runs import RunDirError, append_jsonl, load_run, read_jsonl, safe_run_path
+from fst_lab.rundir import append_jsonl
+from fst_lab.runs import RunDirError, load_run, read_jsonl, safe_run_path
 
 
 def test_torn_last_line_is_skipped(tmp_path):

@@ -1,0 +1,95 @@
+"""Evaluation: mean@k of harnesses under some weights, and the plasticity probe.
+
+The session calls these with its policy, task and population and records the result
+(:meth:`fst_lab.session.Session.evaluate`, ``channel_ablation``, ``plasticity_probe``); they write
+nothing themselves.
+
+    >>> result, trajs = mean_at_k(policy, [("best", h)], task.examples("val", 16), task, k=1,
+    ...                           max_new_tokens=256, seed=0)
+    >>> result["reward"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fst_lab.harness import Harness
+
+# The paper's 2x2: {base, trained weights} x {seed, evolved harness}. Keys of channel_ablation().
+ABLATION_CELLS = (("base", "seed"), ("base", "best"), ("trained", "seed"), ("trained", "best"))
+
+
+def ablation_key(weights: str, harness: str) -> str:
+    return f"{weights}_weights+{'seed' if harness == 'seed' else 'evolved'}_harness"
+
+
+def bare_harness(task: str = "") -> Harness:
+    """No system prompt, no few-shot, no tools: the question alone (OOD-style / no-harness eval)."""
+    return Harness.from_dict({"schema_version": 1, "name": "no-harness", "task": task, "inputs": ["question"],
+                              "system_prompt": "", "task_template": "{question}", "few_shot": [], "tools": [],
+                              "evolvable": ["system_prompt"]})
+
+
+def targets(harness: str | Harness, *, best: Callable[[], Harness], seed: Harness, population: Sequence[Harness],
+            task: str) -> list[tuple[str, Harness]]:
+    """``(label, harness)`` pairs for ``evaluate(harness=...)``: best | seed | none | population | a Harness."""
+    if isinstance(harness, Harness):
+        return [("custom", harness)]
+    if harness == "best":
+        return [("best", best())]
+    if harness == "seed":
+        return [("seed", seed)]
+    if harness == "none":
+        return [("none", bare_harness(task))]
+    if harness == "population":
+        return [(h.id, h) for h in population]
+    raise ValueError(f"harness must be best | seed | none | population | a Harness, got {harness!r}")
+
+
+def mean_at_k(policy, targets: Sequence[tuple[str, Harness]], examples, task, *, k: int, max_new_tokens: int,
+              seed: int, temperature: float | None = None,
+              on_progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], list]:
+    """Mean reward of each ``(label, harness)`` over ``k`` samples per example.
+
+    Returns ``({"reward" or "reward_<label>": mean, "harness_ids": {label: id}, ...}, trajectories)``:
+    a single target labelled ``best`` reports ``reward``; several report ``reward_<label>`` each and
+    ``reward`` = the highest. ``temperature`` defaults to the harness's own when k > 1, else greedy.
+    """
+    from fst_lab.rollout import rollout
+
+    result: dict[str, Any] = {}
+    trajs_all: list = []
+    for i, (label, h) in enumerate(targets):
+        temp = temperature if temperature is not None else (h.loop.temperature if k > 1 else 0.0)
+        trajs = rollout(policy, h, examples, task, n_samples=k, temperature=temp, max_new_tokens=max_new_tokens,
+                        seed=seed)
+        trajs_all += trajs
+        rewards = [t.reward for t in trajs]
+        key = "reward" if len(targets) == 1 and label == "best" else f"reward_{label}"
+        result[key] = sum(rewards) / max(1, len(rewards))
+        result.setdefault("harness_ids", {})[label] = h.id
+        if on_progress is not None:
+            on_progress(i + 1, len(targets))
+    if "reward" not in result:
+        result["reward"] = max(v for key, v in result.items() if key.startswith("reward_"))
+    return result, trajs_all
+
+
+def plasticity(policies: dict[str, Callable[[], Any]], task_name: str, *, level: int, seed: int, population_size: int,
+               slow_config, steps: int, out_dir: Callable[[str], Path]) -> dict[str, list[float]]:
+    """A fresh RL run of ``steps`` steps on a new task from each of ``policies`` (label -> a function
+    returning a policy copy that may be trained). Returns the training reward per step for each label."""
+    from fst_lab.harness import load_named
+    from fst_lab.slow import SlowLearner
+    from fst_lab.tasks import get_task
+
+    new_task = get_task(task_name, level=level, seed=seed)
+    seed_h = load_named(task_name)
+    out = {}
+    for label, make_copy in policies.items():
+        with SlowLearner(make_copy(), new_task, [seed_h] * population_size, slow_config,
+                         output_dir=str(out_dir(label))) as learner:
+            learner.set_task(new_task, new_task.examples("train"))
+            out[label] = [float(learner.step(1)[-1].get("reward", 0.0)) for _ in range(steps)]
+    return out

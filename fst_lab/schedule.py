@@ -1,0 +1,66 @@
+"""The schedule: a session's stages (task after task) and cycles (``"p -> w*6"``: a fast step, then
+six slow steps), run resumably.
+
+``Session.run()`` calls :func:`run_schedule`. The position inside the cycle (``plan_pos``) is counted
+*before* a step starts and restored if the step raises, so a run stopped or killed mid-cycle resumes
+at the step it had not finished. Pause and stop are honoured between steps.
+"""
+
+from __future__ import annotations
+
+from fst_lab.config import ConfigError, FSTConfig
+from fst_lab.control import progress_bar
+from fst_lab.harness import Harness, HarnessError, load_named
+
+
+def stage_task(config: FSTConfig, idx: int):
+    """The task of stage ``idx`` (a ConfigError naming the stage if its arguments don't fit)."""
+    from fst_lab.tasks import get_task
+
+    st = config.stage_list()[idx]
+    try:
+        return get_task(st.task, level=st.level, seed=config.seed, **st.task_kwargs)
+    except TypeError as e:
+        raise ConfigError(f"stages[{idx}] task '{st.task}': {e}") from None
+
+
+def stage_harness(config: FSTConfig, idx: int) -> Harness:
+    """The seed harness of stage ``idx``: the stage's, else the config's, else the task's own."""
+    st = config.stage_list()[idx]
+    name = st.harness or config.harness or st.task
+    try:
+        return load_named(name)
+    except HarnessError as e:
+        raise ConfigError(f"harness for stage {idx} ('{name}'): {e}") from None
+
+
+def run_schedule(session, cycles: int, evaluate: bool) -> None:
+    """Run ``cycles`` cycles of ``session.config.cycle_plan()``; each cycle ends with a population
+    snapshot (and an evaluation when ``evaluate``). Returns early when a stop is requested."""
+    plan = session.config.cycle_plan()
+    steps = {"p": session.fast_step, "w": lambda: session.slow_step(1),
+             "c": lambda: session.consolidate(1)}  # 'c': consolidation (fst_lab.consolidate)
+    counters, control = session.counters, session.control
+    control.forget_stop()  # a stop requested before this run started is forgotten (the file is not)
+    bar = progress_bar(session.progress, total=cycles * len(plan), desc=f"{session.config.mode} cycles")
+    if bar is not None:
+        bar.update(counters["plan_pos"])
+    try:
+        for _ in range(cycles):
+            for pos in range(counters["plan_pos"], len(plan)):
+                control.wait_unpaused()
+                if control.stop_requested():
+                    session._event("stop", counters=dict(counters))
+                    return
+                counters["plan_pos"] = pos + 1
+                try:
+                    steps[plan[pos]]()
+                except BaseException:
+                    counters["plan_pos"] = pos
+                    raise
+                if bar is not None:
+                    bar.update(1)
+            session.end_cycle(evaluate)
+    finally:
+        if bar is not None:
+            bar.close()
