@@ -1,12 +1,18 @@
 """The ``fst-lab`` command.
 
     fst-lab run CONFIG.yaml [--mode rl] [--cycles 3]   start a run (tqdm progress on every long step)
+    fst-lab run --dry-run CONFIG.yaml                  print what the run would do; load and write nothing
     fst-lab resume RUN_DIR                             continue a stopped or crashed run
     fst-lab eval RUN_DIR [--ablation]                  evaluate a run's policy + best harness
     fst-lab compare RUN_DIR [RUN_DIR ...] [--out DIR]  table + PNG plots (reward vs samples, KL vs reward)
     fst-lab demo                                       a small real FST run on the embedded model (make demo)
     fst-lab prepare                                    convert the embedded model once into the cache
     fst-lab app [--runs-root runs]                     the Gradio demo (same as `python app.py`)
+
+Bad input (a config, a task file, a run directory, a number) ends the command with one line on stderr,
+``fst-lab: error: <file>:<line>: <field>: <what is wrong>``, and exit code 2, before anything is written;
+a bug keeps its traceback (exit 1). ``--debug`` (or FST_LAB_DEBUG=1) shows the traceback for both.
+Exit codes and error kinds: docs/ERRORS.md.
 """
 
 from __future__ import annotations
@@ -22,12 +28,92 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from fst_lab.errors import FstLabError, one_line  # noqa: E402  (after the environment defaults)
 
+EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(FstLabError, ValueError):
+    """Bad command-line input: an unknown option, a number out of range, a path of the wrong kind."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (raised, so main() prints it like every other error)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+# ---------------------------------------------------------------------------- argument checks
+def _int_at_least(lo: int, hi: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be {'>= ' + str(lo) if hi is None else f'in {lo}..{hi}'}, "
+                                             f"got {v}")
+        return v
+
+    return parse
+
+
+def _run_view(path: str):
+    """The read-only view of a run directory (RunDirError naming the path if it is not one); writes nothing."""
+    from fst_lab.runs import load_run
+
+    return load_run(path)
+
+
+def _not_a_file(path: str | None, what: str) -> None:
+    """A directory we may create later must not already be a file."""
+    if path is None:
+        return
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise UsageError(f"{what} {path}: {q} exists and is not a directory")
+            return
+
+
+def _check_model(name: str) -> None:
+    """Refuse a model that can't be found, without loading it (before any run directory exists)."""
+    from fst_lab import models
+
+    if name in models.EMBEDDED:
+        if not models.converted_dir(name).exists():
+            models.embedded_gguf(name)  # the wheel must be there to convert from
+        return
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
+        models.resolve_model_path(name)  # ModelNotFoundError for a missing path
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - transformers always brings it
+            return
+        try:
+            hit = try_to_load_from_cache(name, "config.json")
+        except Exception:  # an invalid repo id
+            hit = None
+        if not isinstance(hit, str):
+            raise models.ModelNotFoundError(
+                f"model: '{name}' is not a short name ({', '.join(models.EMBEDDED)}), an existing path, or a model "
+                "in the local Hugging Face cache (HF_HUB_OFFLINE=1: nothing is downloaded)")
+
+
+# ---------------------------------------------------------------------------- subcommands
 def _cmd_prepare(args) -> int:
-    from fst_lab.models import DEFAULT_MODEL, ensure_converted
+    from fst_lab.models import DEFAULT_MODEL, EMBEDDED, ensure_converted
 
+    name = args.model or DEFAULT_MODEL
+    if name not in EMBEDDED:
+        raise UsageError(f"prepare --model: '{name}' is not an embedded model (choose from {sorted(EMBEDDED)})")
     t0 = time.time()
-    path = ensure_converted(args.model or DEFAULT_MODEL)
+    path = ensure_converted(name)
     print(f"embedded model ready at {path} ({time.time() - t0:.1f}s)")
     return 0
 
@@ -45,9 +131,18 @@ def _load_config(args):
 
 
 def _cmd_run(args) -> int:
+    cfg = _load_config(args)
+    if args.dry_run:
+        try:
+            from fst_lab.plan import describe_plan
+        except ImportError:
+            raise UsageError("run --dry-run: this installation has no fst_lab.plan") from None
+        print(describe_plan(cfg))
+        return 0
+    _not_a_file(cfg.runs_root, "runs_root")
+    _check_model(cfg.model)
     from fst_lab.session import Session
 
-    cfg = _load_config(args)
     s = Session(cfg)
     print(f"run directory: {s.run_dir}")
     s.run()
@@ -56,6 +151,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_resume(args) -> int:
+    _run_view(args.run_dir)
     from fst_lab.session import Session
 
     s = Session.resume(args.run_dir)
@@ -66,6 +162,7 @@ def _cmd_resume(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    _run_view(args.run_dir)
     from fst_lab.session import Session
 
     s = Session.resume(args.run_dir)
@@ -78,6 +175,9 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_compare(args) -> int:
+    for d in args.run_dirs:  # every input is checked before the output folder is created
+        _run_view(d)
+    _not_a_file(args.out, "--out")
     from fst_lab.report import compare_runs
 
     table, plots = compare_runs(args.run_dirs, out_dir=args.out)
@@ -96,13 +196,10 @@ def _print_summary(run_dirs) -> None:
         print(f"plot: {p}")
 
 
-def _cmd_demo(args) -> int:
-    """A real FST run on the embedded model: 2 cycles of (GEPA round -> RL steps), then a summary."""
+def _demo_config(args):
     from fst_lab.config import FSTConfig
-    from fst_lab.session import Session
 
-    t0 = time.time()
-    cfg = FSTConfig(
+    return FSTConfig(
         mode="fst", task=args.task, level=1, cycles=2, steps_per_cycle=2, population_size=2, num_generations=4,
         prompts_per_step=2, fast_train_size=4, fast_val_size=4, eval_size=16, max_new_tokens=64,
         # 3 passes = room for two proposals (one reflective, one bootstrapped: bootstrap_every=2).
@@ -111,6 +208,16 @@ def _cmd_demo(args) -> int:
         # and LoRA needs a higher rate than full fine-tuning to move at all in 4 steps.
         slow={"learning_rate": 1e-4, "warmup_steps": 0}, runs_root=args.runs_root,
         run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _cmd_demo(args) -> int:
+    """A real FST run on the embedded model: 2 cycles of (GEPA round -> RL steps), then a summary."""
+    t0 = time.time()
+    cfg = _demo_config(args)
+    _not_a_file(cfg.runs_root, "--runs-root")
+    _check_model(cfg.model)
+    from fst_lab.session import Session
+
     s = Session(cfg)
     print(f"fst_lab demo: FST on '{args.task}' with the embedded SmolLM2-135M-Instruct -> {s.run_dir}")
     seed_eval = s.evaluate()
@@ -130,57 +237,96 @@ def _cmd_demo(args) -> int:
 def _cmd_app(args) -> int:
     import runpy
 
-    sys.argv = ["app.py", "--runs-root", args.runs_root] + (["--port", str(args.port)] if args.port else [])
+    _not_a_file(args.runs_root, "--runs-root")
+    if args.harness_dir is not None and not Path(args.harness_dir).is_dir():
+        raise UsageError(f"--harness-dir {args.harness_dir}: no such directory")
     app = Path(__file__).resolve().parent.parent / "app.py"
+    if not app.exists():
+        raise UsageError(f"{app}: not found (the app ships with the source tree, not the wheel)")
+    sys.argv = ["app.py", "--runs-root", args.runs_root] + (["--port", str(args.port)] if args.port else []) \
+        + (["--harness-dir", args.harness_dir] if args.harness_dir else [])
     runpy.run_path(str(app), run_name="__main__")
     return 0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="fst-lab", description="Learning, Fast and Slow: harness (GEPA) + weights (RL)")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sp = sub.add_parser("prepare", help="convert the embedded model into the cache dir")
+# ---------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fst-lab", description="Learning, Fast and Slow: harness (GEPA) + weights (RL)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def cmd(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = cmd("prepare", _cmd_prepare, "convert the embedded model into the cache dir")
     sp.add_argument("--model", default=None)
-    sp.set_defaults(fn=_cmd_prepare)
-    sp = sub.add_parser("run", help="start a run from a YAML config")
+    sp = cmd("run", _cmd_run, "start a run from a YAML config")
     sp.add_argument("config", nargs="?")
     sp.add_argument("--mode", choices=["fst", "rl", "gepa"])
-    sp.add_argument("--cycles", type=int)
+    sp.add_argument("--cycles", type=_int_at_least(0))
     sp.add_argument("--task")
     sp.add_argument("--run-name", dest="run_name")
     sp.add_argument("--runs-root", dest="runs_root")
-    sp.add_argument("--seed", type=int)
-    sp.set_defaults(fn=_cmd_run)
-    sp = sub.add_parser("resume", help="continue a run directory")
+    sp.add_argument("--seed", type=_int_at_least(0))
+    sp.add_argument("--dry-run", dest="dry_run", action="store_true",
+                    help="print the plan (steps, rollouts, memory) and exit; loads no model, writes nothing")
+    sp = cmd("resume", _cmd_resume, "continue a run directory")
     sp.add_argument("run_dir")
-    sp.add_argument("--cycles", type=int, default=None)
-    sp.set_defaults(fn=_cmd_resume)
-    sp = sub.add_parser("eval", help="evaluate a run")
+    sp.add_argument("--cycles", type=_int_at_least(0), default=None)
+    sp = cmd("eval", _cmd_eval, "evaluate a run")
     sp.add_argument("run_dir")
-    sp.add_argument("--n", type=int, default=None)
+    sp.add_argument("--n", type=_int_at_least(1), default=None)
     sp.add_argument("--ablation", action="store_true")
-    sp.set_defaults(fn=_cmd_eval)
-    sp = sub.add_parser("compare", help="compare runs: table + PNG plots")
+    sp = cmd("compare", _cmd_compare, "compare runs: table + PNG plots")
     sp.add_argument("run_dirs", nargs="+")
     sp.add_argument("--out", default="runs/compare")
-    sp.set_defaults(fn=_cmd_compare)
-    sp = sub.add_parser("demo", help="a small real FST run on the embedded model")
+    sp = cmd("demo", _cmd_demo, "a small real FST run on the embedded model")
     sp.add_argument("--task", default="math")
     sp.add_argument("--runs-root", dest="runs_root", default="runs")
-    sp.set_defaults(fn=_cmd_demo)
-    sp = sub.add_parser("app", help="launch the Gradio app")
+    sp = cmd("app", _cmd_app, "launch the Gradio app")
     sp.add_argument("--runs-root", dest="runs_root", default="runs")
-    sp.add_argument("--port", type=int, default=None)
-    sp.set_defaults(fn=_cmd_app)
-    args = p.parse_args(argv)
-    from fst_lab.config import ConfigError
-    from fst_lab.harness import HarnessError
+    sp.add_argument("--port", type=_int_at_least(1, 65535), default=None)
+    sp.add_argument("--harness-dir", dest="harness_dir", default=None)
+    return p
 
+
+def _is_input_error(e: BaseException) -> bool:
+    """Errors a person causes and can fix: ours, and missing/unreadable files or bad YAML reaching the top."""
+    import yaml
+
+    return isinstance(e, (FstLabError, OSError, yaml.YAMLError, UnicodeDecodeError))
+
+
+def describe(e: BaseException) -> str:
+    """The one line printed after ``fst-lab: error:``."""
+    if isinstance(e, OSError) and not isinstance(e, FstLabError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or type(e).__name__}"
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text ({e.reason} at byte {e.start})"
+    return one_line(e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 ok, 2 bad input, 130 interrupted; a bug raises)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # known before parsing, so that a usage error can show its traceback too
+    debug = "--debug" in argv or os.environ.get("FST_LAB_DEBUG", "") not in ("", "0")
     try:
+        args = build_parser().parse_args(argv)
         return int(args.fn(args) or 0)
-    except (ConfigError, HarnessError) as e:
-        print(f"fst-lab: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("fst-lab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if debug or not _is_input_error(e):
+            raise
+        print(f"fst-lab: error: {describe(e)}", file=sys.stderr)
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

@@ -474,14 +474,18 @@ class FSTConfig:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError(f"must be a positive integer or null, got {self.max_new_tokens!r}",
                               path="max_new_tokens")
-        from fst_lab.tasks.base import task_names
+        from fst_lab.tasks import base as task_base
 
-        known = task_names()
+        known = task_base.task_names()
         for i, st in enumerate(self.stage_list()):
             where = f"stages[{i}]" if self.stages else "task"
             if st.task not in known:
                 raise ConfigError(f"unknown task '{st.task}' (available: {known})",
                                   path=f"{where}.task" if self.stages else "task")
+            levels = getattr(task_base._REGISTRY.get(st.task), "levels", None)  # generated tasks have levels
+            if levels and st.level not in levels:
+                raise ConfigError(f"task '{st.task}' has levels {list(levels)}, not {st.level!r}",
+                                  path=f"{where}.level" if self.stages else "level")
             if self.stages and (st.steps is None or st.steps < 1) and i < len(self.stages) - 1:
                 raise ConfigError("every stage but the last needs a positive step count", path=f"{where}.steps")
         self.fast = self._loop("fast", FastConfig, self.fast, FAST_SHARED)

@@ -1,0 +1,227 @@
+"""Bad input at every ``fst-lab`` subcommand: exit code 2, exactly one line on stderr naming the culprit
+(file, and line/field where there is one), and nothing created or changed on disk.
+
+Table-driven: each case is (argv, files to set up, substrings the one line must contain). The commands
+run in-process through ``fst_lab.cli.main(argv)``; two run through the real entry point in a subprocess.
+No case loads a model: every input here is refused before that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fst_lab.cli import main
+from fst_lab.config import FSTConfig
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = {"population_size": 2, "num_generations": 4, "runs_root": "runs"}
+
+
+def _yaml(d: dict) -> str:
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def _fake_run(path: Path, **config) -> None:
+    """A run directory as the read-only loaders see it (config.yaml + state.json), without training."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(FSTConfig(**{**SMALL, **config}).to_yaml())
+    (path / "state.json").write_text(json.dumps({"counters": {"cycle": 0, "rl_step": 0, "fast_round": 0},
+                                                 "population": []}))
+    (path / "metrics.jsonl").write_text("")
+
+
+def _setup(tmp: Path) -> None:
+    """The files every case may point at (created before the snapshot)."""
+    (tmp / "bad_yaml.yaml").write_text("mode: fst\ncycles: [\n")
+    (tmp / "typo.yaml").write_text(_yaml({**SMALL, "fast": {"budget_passes": 2, "budget_pases": 3}}))
+    (tmp / "k_g.yaml").write_text(_yaml({"population_size": 3, "num_generations": 8, "runs_root": "runs"}))
+    (tmp / "k_conflict.yaml").write_text(_yaml({**SMALL, "fast": {"population_size": 4}}))
+    (tmp / "task.yaml").write_text(_yaml({**SMALL, "task": "mathh"}))
+    (tmp / "type.yaml").write_text(_yaml({**SMALL, "slow": {"beta": "big"}}))
+    (tmp / "list.yaml").write_text("- mode: fst\n")
+    (tmp / "harness.yaml").write_text(_yaml({**SMALL, "harness": "no-such-harness"}))
+    (tmp / "bad_harness.yaml").write_text("schema_version: 1\nname: [unclosed\n")
+    (tmp / "uses_bad_harness.yaml").write_text(_yaml({**SMALL, "harness": str(tmp / "bad_harness.yaml")}))
+    (tmp / "dup.jsonl").write_text('{"id": "a", "question": "1+1?", "answer": "2"}\n'
+                                   '{"id": "a", "question": "2+2?", "answer": "4"}\n')
+    (tmp / "badrow.jsonl").write_text('{"id": "a", "question": "1+1?", "answer": "2"}\n{"id": "b", "question": \n')
+    for name, path in (("dup", "dup.jsonl"), ("badrow", "badrow.jsonl"), ("nofile", "no_such.jsonl")):
+        (tmp / f"jsonl_{name}.yaml").write_text(_yaml({**SMALL, "task": "jsonl",
+                                                       "task_kwargs": {"path": str(tmp / path)}}))
+    (tmp / "model_path.yaml").write_text(_yaml({**SMALL, "model": str(tmp / "no_such_model")}))
+    (tmp / "model_hub.yaml").write_text(_yaml({**SMALL, "model": "nobody-xyz/no-such-model-123"}))
+    (tmp / "level.yaml").write_text(_yaml({**SMALL, "level": 9}))
+    (tmp / "good.yaml").write_text(_yaml(SMALL))
+    (tmp / "a_file").write_text("not a directory\n")
+    (tmp / "not_a_run").mkdir()
+    (tmp / "not_a_run" / "notes.txt").write_text("hello\n")
+    _fake_run(tmp / "runs" / "good")
+    _fake_run(tmp / "runs" / "broken_state")
+    (tmp / "runs" / "broken_state" / "state.json").write_text('{"counters": ')
+    _fake_run(tmp / "runs" / "broken_config")
+    (tmp / "runs" / "broken_config" / "config.yaml").write_text("mode: [fst\n")
+    _fake_run(tmp / "runs" / "edited_config")
+    (tmp / "runs" / "edited_config" / "config.yaml").write_text(_yaml({**SMALL, "slow": {"lr": 0.1}}))
+    _fake_run(tmp / "runs" / "no_state")
+    (tmp / "runs" / "no_state" / "state.json").unlink()
+
+
+# (id, argv, substrings of the one stderr line); paths are relative to the test's tmp dir (the cwd)
+CASES = [
+    # run: config files
+    ("run-missing-config", ["run", "missing.yaml"], ["missing.yaml", "not found"]),
+    ("run-bad-yaml", ["run", "bad_yaml.yaml"], ["bad_yaml.yaml:", "invalid YAML"]),
+    ("run-unknown-key", ["run", "typo.yaml"], ["typo.yaml:6:", "fast.budget_pases", "did you mean budget_passes?"]),
+    ("run-k-not-dividing-g", ["run", "k_g.yaml"], ["k_g.yaml:1:", "population_size", "K=3 must divide"]),
+    ("run-k-conflict", ["run", "k_conflict.yaml"], ["k_conflict.yaml:", "fast.population_size", "conflicts"]),
+    ("run-unknown-task", ["run", "task.yaml"], ["task.yaml:", "task", "unknown task 'mathh'"]),
+    ("run-bad-level", ["run", "level.yaml"], ["level.yaml:", "level", "has levels"]),
+    ("run-wrong-type", ["run", "type.yaml"], ["type.yaml:", "slow.beta", "expected a number"]),
+    ("run-not-a-mapping", ["run", "list.yaml"], ["list.yaml", "mapping"]),
+    ("run-config-is-dir", ["run", "not_a_run"], ["not_a_run", "directory"]),
+    ("run-unknown-harness", ["run", "harness.yaml"], ["no-such-harness"]),
+    ("run-malformed-harness", ["run", "uses_bad_harness.yaml"], ["bad_harness.yaml"]),
+    ("run-jsonl-duplicate-id", ["run", "jsonl_dup.yaml"], ["dup.jsonl:2", "duplicate id 'a'"]),
+    ("run-jsonl-bad-row", ["run", "jsonl_badrow.yaml"], ["badrow.jsonl:2", "invalid JSON"]),
+    ("run-jsonl-missing-file", ["run", "jsonl_nofile.yaml"], ["no_such.jsonl", "not found"]),
+    ("run-model-path-missing", ["run", "model_path.yaml"], ["no_such_model", "does not exist"]),
+    ("run-model-not-cached", ["run", "model_hub.yaml"], ["nobody-xyz/no-such-model-123"]),
+    ("run-bad-number", ["run", "good.yaml", "--cycles", "many"], ["--cycles", "'many'"]),
+    ("run-negative-number", ["run", "good.yaml", "--cycles", "-1"], ["--cycles", "-1"]),
+    ("run-bad-mode", ["run", "good.yaml", "--mode", "turbo"], ["--mode", "turbo"]),
+    ("run-override-task", ["run", "good.yaml", "--task", "chess"], ["task", "unknown task 'chess'"]),
+    ("run-runs-root-is-file", ["run", "good.yaml", "--runs-root", "a_file"], ["a_file", "not a directory"]),
+    ("run-dry-run-missing", ["run", "--dry-run", "missing.yaml"], ["missing.yaml", "not found"]),
+    ("run-dry-run-typo", ["run", "--dry-run", "typo.yaml"], ["typo.yaml:6:", "fast.budget_pases"]),
+    # resume / eval: run directories
+    ("resume-no-dir", ["resume", "no/such/run"], ["no/such/run"]),
+    ("resume-not-a-run", ["resume", "not_a_run"], ["not_a_run", "config.yaml"]),
+    ("resume-a-file", ["resume", "a_file"], ["a_file"]),
+    ("resume-broken-state", ["resume", "runs/broken_state"], ["broken_state", "state.json"]),
+    ("resume-broken-config", ["resume", "runs/broken_config"], ["broken_config", "config.yaml"]),
+    ("resume-no-state", ["resume", "runs/no_state"], ["no_state", "state.json"]),
+    ("resume-edited-config", ["resume", "runs/edited_config"], ["edited_config/config.yaml:", "slow.lr",
+                                                                "did you mean learning_rate?"]),
+    ("resume-bad-cycles", ["resume", "runs/good", "--cycles", "x"], ["--cycles", "'x'"]),
+    ("eval-no-dir", ["eval", "no/such/run"], ["no/such/run"]),
+    ("eval-not-a-run", ["eval", "not_a_run"], ["not_a_run", "config.yaml"]),
+    ("eval-bad-n", ["eval", "runs/good", "--n", "0"], ["--n", "0"]),
+    ("eval-edited-config", ["eval", "runs/edited_config"], ["edited_config/config.yaml:", "slow.lr"]),
+    # compare: every input checked before runs/compare is created
+    ("compare-missing", ["compare", "runs/good", "no/such/run"], ["no/such/run"]),
+    ("compare-not-a-run", ["compare", "runs/good", "not_a_run"], ["not_a_run", "config.yaml"]),
+    ("compare-broken-state", ["compare", "runs/good", "runs/broken_state"], ["broken_state", "state.json"]),
+    ("compare-out-is-file", ["compare", "runs/good", "--out", "a_file/plots"], ["a_file", "not a directory"]),
+    # app / demo / prepare options
+    ("app-bad-port", ["app", "--port", "99999"], ["--port", "99999"]),
+    ("app-port-not-number", ["app", "--port", "http"], ["--port", "'http'"]),
+    ("app-runs-root-is-file", ["app", "--runs-root", "a_file"], ["a_file", "not a directory"]),
+    ("app-missing-harness-dir", ["app", "--harness-dir", "no_harnesses"], ["no_harnesses"]),
+    ("demo-unknown-task", ["demo", "--task", "chess", "--runs-root", "demo_runs"], ["task", "unknown task 'chess'"]),
+    ("demo-runs-root-is-file", ["demo", "--runs-root", "a_file"], ["a_file", "not a directory"]),
+    ("demo-unknown-option", ["demo", "--fast"], ["unrecognized arguments", "--fast"]),
+    ("prepare-unknown-model", ["prepare", "--model", "gpt-17"], ["gpt-17", "embedded"]),
+    ("no-command", [], ["required"]),
+    ("unknown-command", ["trian"], ["trian", "invalid choice"]),
+]
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.stat()
+        out[str(p.relative_to(root))] = ("dir",) if p.is_dir() else (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    _setup(tmp_path)
+    monkeypatch.chdir(tmp_path)  # relative defaults (runs/, runs/compare) would land in the snapshot
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, capsys, argv, needles):
+    before = _snapshot(workdir)
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert code == 2, (code, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fst-lab: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert "Traceback" not in err
+    assert _snapshot(workdir) == before, "bad input must not create or change anything"
+
+
+def test_the_table_covers_every_subcommand():
+    from fst_lab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "cmd")
+    covered = {argv[0] for _, argv, _ in CASES if argv}
+    assert set(sub.choices) <= covered, set(sub.choices) - covered
+    assert len(CASES) >= 20
+
+
+def test_debug_shows_the_traceback(workdir):
+    from fst_lab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="fast.budget_pases"):
+        main(["--debug", "run", "typo.yaml"])
+    with pytest.raises(ConfigError):
+        main(["run", "typo.yaml", "--debug"])
+
+
+def test_a_bug_keeps_its_traceback(workdir, monkeypatch):
+    import fst_lab.report
+
+    def broken(*a, **kw):
+        raise ZeroDivisionError("a bug, not bad input")
+
+    monkeypatch.setattr(fst_lab.report, "compare_runs", broken)
+    with pytest.raises(ZeroDivisionError):
+        main(["compare", "runs/good", "--out", "cmp"])
+
+
+def _entry(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "fst-lab"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "fst_lab.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_real_entry_point_one_line_and_exit_2(workdir):
+    before = _snapshot(workdir)
+    for args, needle in ((["run", "jsonl_dup.yaml"], "dup.jsonl:2: duplicate id 'a'"),
+                         (["resume", "not_a_run"], "not_a_run")):
+        r = _entry(args, workdir)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("fst-lab: error: ") and needle in r.stderr, r.stderr
+    r = _entry(["--debug", "resume", "not_a_run"], workdir)
+    assert r.returncode == 1 and "Traceback" in r.stderr
+    assert _snapshot(workdir) == before
+
+
+def test_module_entry_point(workdir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "fst_lab.cli", "eval", "no/such/run"], cwd=workdir, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("fst-lab: error: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_dry_run_prints_a_plan_and_writes_nothing(workdir, capsys):
+    pytest.importorskip("fst_lab.plan", reason="fst_lab.plan (describe_plan) has not landed yet")
+    before = _snapshot(workdir)
+    assert main(["run", "--dry-run", "good.yaml"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() and not err
+    assert _snapshot(workdir) == before
