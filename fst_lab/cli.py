@@ -59,11 +59,31 @@ def _int_at_least(lo: int, hi: int | None = None):
     return parse
 
 
-def _run_view(path: str):
-    """The read-only view of a run directory (RunDirError naming the path if it is not one); writes nothing."""
-    from fst_lab.runs import load_run
+def _run_view(path: str, *, config: bool = False):
+    """The read-only view of a run directory (RunDirError naming the path if it is not one); writes nothing.
+    ``config``: also check its config.yaml as a config (file:line: field), as resume and eval need it."""
+    from fst_lab.config import FSTConfig
+    from fst_lab.runs import CONFIG, load_run
 
+    if config and (Path(path) / CONFIG).is_file():
+        FSTConfig.load(Path(path) / CONFIG)
     return load_run(path)
+
+
+def _start_session(cfg, config_path: str | None):
+    """Session(cfg), with errors about a field placed at its line in the config file."""
+    from fst_lab.config import ConfigError, field_lines
+    from fst_lab.models import ModelNotFoundError
+    from fst_lab.session import Session
+
+    try:
+        _check_model(cfg.model)
+        return Session(cfg)
+    except ModelNotFoundError as e:
+        raise ConfigError(one_line(e).removeprefix("model: "), path="model").located(
+            config_path, field_lines(config_path)) from e
+    except ConfigError as e:
+        raise e.located(config_path, field_lines(config_path)) from e
 
 
 def _not_a_file(path: str | None, what: str) -> None:
@@ -140,10 +160,7 @@ def _cmd_run(args) -> int:
         print(describe_plan(cfg))
         return 0
     _not_a_file(cfg.runs_root, "runs_root")
-    _check_model(cfg.model)
-    from fst_lab.session import Session
-
-    s = Session(cfg)
+    s = _start_session(cfg, args.config)
     print(f"run directory: {s.run_dir}")
     s.run()
     _print_summary([s.run_dir])
@@ -151,7 +168,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_resume(args) -> int:
-    _run_view(args.run_dir)
+    _run_view(args.run_dir, config=True)
     from fst_lab.session import Session
 
     s = Session.resume(args.run_dir)
@@ -162,7 +179,7 @@ def _cmd_resume(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    _run_view(args.run_dir)
+    _run_view(args.run_dir, config=True)
     from fst_lab.session import Session
 
     s = Session.resume(args.run_dir)
@@ -215,10 +232,7 @@ def _cmd_demo(args) -> int:
     t0 = time.time()
     cfg = _demo_config(args)
     _not_a_file(cfg.runs_root, "--runs-root")
-    _check_model(cfg.model)
-    from fst_lab.session import Session
-
-    s = Session(cfg)
+    s = _start_session(cfg, None)
     print(f"fst_lab demo: FST on '{args.task}' with the embedded SmolLM2-135M-Instruct -> {s.run_dir}")
     seed_eval = s.evaluate()
     print(f"seed harness, base weights: val reward {seed_eval['reward']:.3f}")

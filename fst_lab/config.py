@@ -634,6 +634,15 @@ class FSTConfig:
         return FSTConfig.from_dict(d)
 
 
+def field_lines(path: str | Path | None) -> dict[str, int]:
+    """Line of every field in a config file (``{}`` if it can't be read): lets later errors about a
+    field (a missing model, a harness) point at the line that set it, via :meth:`ConfigError.located`."""
+    try:
+        return _yaml_lines(Path(path).read_text(encoding="utf-8")) if path else {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+
+
 def _yaml_lines(text: str) -> dict[str, int]:
     """1-based line of every field path in a YAML document (``fast.budget_passes``, ``stages[1].task``)."""
     out: dict[str, int] = {}
