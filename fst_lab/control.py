@@ -10,6 +10,7 @@ for its whole duration; ``busy``/``activity`` can be read from any thread while 
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
@@ -17,9 +18,12 @@ from typing import Callable, Iterator
 from fst_lab import records
 from fst_lab.rundir import RunDir
 
+log = logging.getLogger(__name__)
+
 
 class Control:
-    """Busy/activity, pause and stop of one session (thread-safe; the stop file is the run directory's)."""
+    """Busy/activity, pause, stop and listeners of one session (thread-safe; the stop file is the run
+    directory's)."""
 
     def __init__(self, rundir: RunDir):
         self.rundir = rundir
@@ -28,6 +32,15 @@ class Control:
         self._unpaused.set()
         self._activity: list[list[str]] = []  # one [label] per step in progress (nested: innermost last)
         self._alock = threading.Lock()
+        self.listeners: list[Callable[[dict], None]] = []  # called with every record and progress event
+
+    def notify(self, rec: dict) -> None:
+        """Hand ``rec`` to every listener; a broken UI callback is logged, never breaks the step."""
+        for fn in list(self.listeners):
+            try:
+                fn(rec)
+            except Exception as e:
+                log.warning("listener failed: %s", e)
 
     @contextmanager
     def working(self, label: str, lock: threading.RLock | None = None) -> Iterator[list[str]]:

@@ -34,6 +34,16 @@ def stage_harness(config: FSTConfig, idx: int) -> Harness:
         raise ConfigError(f"harness for stage {idx} ('{name}'): {e}") from None
 
 
+def fast_window(train: list, n_train: int, n_val: int, rnd: int) -> tuple[list, list]:
+    """GEPA's examples for fast round ``rnd``: a window of the train split rotating round by round, split
+    into the reflection set and a disjoint Pareto set. Validation stays held out for evaluate()."""
+    start = ((rnd - 1) * (n_train + n_val)) % max(1, len(train))
+    window = [train[(start + i) % len(train)] for i in range(min(len(train), n_train + n_val))]
+    if len(window) < n_train + n_val:  # tiny datasets: reuse examples for both sets
+        return window[:n_train] or window, window[n_train:] or window
+    return window[:n_train], window[n_train:n_train + n_val]
+
+
 def run_schedule(session, cycles: int, evaluate: bool) -> None:
     """Run ``cycles`` cycles of ``session.config.cycle_plan()``; each cycle ends with a population
     snapshot (and an evaluation when ``evaluate``). Returns early when a stop is requested."""

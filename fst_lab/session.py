@@ -32,7 +32,8 @@ from fst_lab.edits import manual_edit, resolve_target
 from fst_lab.harness import Harness, HarnessError
 from fst_lab.rundir import RunDir
 from fst_lab.runs import RunDirError
-from fst_lab.schedule import run_schedule, stage_harness, stage_task
+from fst_lab.schedule import fast_window, run_schedule, stage_harness, stage_task
+from fst_lab.weights import Weights
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,10 @@ class Session:
         self.metrics: list[dict] = []
         self.last_fast = None
         self.last_trajectories: list = []
-        self.listeners: list[Callable[[dict], None]] = []
-        self._policy = policy
-        self._injected_policy = policy is not None
-        self._base_policy = None
-        self._slow = None
+        self.weights = Weights(config.model, policy)
         self._lock = threading.RLock()
-        self.control = Control(self.rundir)  # busy / activity / pause / stop, readable from any thread
+        self.control = Control(self.rundir)  # busy / activity / pause / stop / listeners, for any thread
+        self.listeners: list[Callable[[dict], None]] = self.control.listeners  # every record + progress events
         self._t0 = time.time()
         if not _resume:
             self.rundir.create(self.config.to_yaml(), self._write_first)
@@ -138,27 +136,16 @@ class Session:
     @property
     def policy(self):
         """The live policy (trained weights once the slow loop exists)."""
-        if self._slow is not None:
-            return self._slow.policy
-        if self._policy is None:
-            from fst_lab.models import load_policy
-
-            self._policy = load_policy(self.config.model)
-        return self._policy
+        return self.weights.policy
 
     def base_policy(self):
         """The start weights, frozen (for the channel ablation and KL)."""
-        if self._base_policy is None:
-            if self._injected_policy:
-                if self._slow is not None:
-                    self._base_policy = self._slow.base_policy()
-                else:
-                    self._base_policy = copy.deepcopy(self._policy)
-            else:
-                from fst_lab.models import load_policy
+        return self.weights.base()
 
-                self._base_policy = load_policy(self.config.model)
-        return self._base_policy
+    @property
+    def learner(self):
+        """The slow loop's SlowLearner (None before the first slow step)."""
+        return self.weights.learner
 
     def fast_config(self):
         """The fast loop's FastConfig (K, seed and max_new_tokens already shared with the top level)."""
@@ -169,17 +156,15 @@ class Session:
         return self.config.slow
 
     def _ensure_slow(self):
-        if self._slow is None:
-            if self.config.mode == "gepa":
-                raise SessionError("mode 'gepa' freezes the weights: no slow steps")
+        if self.config.mode == "gepa":
+            raise SessionError("mode 'gepa' freezes the weights: no slow steps")
+        if self.weights.learner is None:
             from fst_lab.slow import SlowLearner
 
-            if self._injected_policy and self._base_policy is None:
-                self._base_policy = copy.deepcopy(self._policy)
-            self._slow = SlowLearner(self.policy, self.task, self._train_population(), self.slow_config(),
-                                     output_dir=str(self.rundir.trainer_dir))
-            self._slow.set_task(self.task, self.task.examples("train"))
-        return self._slow
+            learner = self.weights.start_learning(lambda pol: SlowLearner(
+                pol, self.task, self._train_population(), self.slow_config(), output_dir=str(self.rundir.trainer_dir)))
+            learner.set_task(self.task, self.task.examples("train"))
+        return self.weights.learner
 
     def _train_population(self) -> list[Harness]:
         """Exactly K harnesses for the slow loop, best first (cycled when the population is smaller)."""
@@ -205,11 +190,12 @@ class Session:
         with self._working("fast step"):
             self._sync_hand_edits()
             rnd = self.counters["fast_round"] + 1
-            train, val = self._fast_examples(rnd)
+            train, val = fast_window(self.task.examples("train"), self.config.fast_train_size,
+                                     self.config.fast_val_size, rnd)
             train = list(train_examples) if train_examples is not None else train
             val = list(val_examples) if val_examples is not None else val
             cfg = self.fast_config()
-            on_event = gepa_progress(self._notify, len(self.population) * len(val), cfg.budget(len(train), len(val)))
+            on_event = gepa_progress(self.control.notify, len(self.population) * len(val), cfg.budget(len(train), len(val)))
             t0 = time.time()
             res = fast_step(self.policy, self.task, list(self.population), train, val, config=cfg, round=rnd,
                             run_dir=str(self.rundir.fast_dir(rnd)), progress=self.progress, on_event=on_event)
@@ -237,6 +223,7 @@ class Session:
                 if self.control.stop_requested():
                     break
                 act[0] = f"slow step {i + 1}/{n}"
+                self.control.notify(records.progress("rl", i, n))
                 self._sync_hand_edits()
                 slow = self._ensure_slow()
                 slow.set_population(self._train_population())
@@ -257,19 +244,8 @@ class Session:
                 self._maybe_advance_stage()
                 self._save_state()
                 out.append(rec)
-                self._notify(records.progress("rl", i + 1, n, reward=rec.get("reward")))
+                self.control.notify(records.progress("rl", i + 1, n, reward=rec.get("reward")))
         return out
-
-    def _fast_examples(self, rnd: int):
-        """GEPA's examples for round ``rnd``: a rotating window of the train split (reflection set) and
-        a disjoint window used for Pareto selection. Validation stays held out for evaluate()."""
-        train = self.task.examples("train")
-        nt, nv = self.config.fast_train_size, self.config.fast_val_size
-        start = ((rnd - 1) * (nt + nv)) % max(1, len(train))
-        window = [train[(start + i) % len(train)] for i in range(min(len(train), nt + nv))]
-        if len(window) < nt + nv:  # tiny datasets: reuse examples for both sets
-            return window[:nt] or window, window[nt:] or window
-        return window[:nt], window[nt:nt + nv]
 
     # ================================================================== evaluation
     def evaluate(self, split: str = "val", *, n: int | None = None, k: int | None = None,
@@ -284,15 +260,15 @@ class Session:
                                          population=self.population, task=self.stages[self.stage_idx].task)
             scores, trajs = evaluation.mean_at_k(
                 pol, targets, exs, self.task, k=k, max_new_tokens=self.config.max_new_tokens, seed=self.config.seed,
-                temperature=temperature, on_progress=lambda i, m: self._notify(records.progress("eval", i, m)))
+                temperature=temperature, on_progress=lambda i, m: self.control.notify(records.progress("eval", i, m)))
             result = {"split": split, "n": len(exs), "k": k, "weights": weights, **scores}
             self.last_trajectories = trajs
             if record:
                 self.counters["evals"] += 1
                 fields = {key: v for key, v in result.items() if key != "harness_ids"}
-                if self._slow is not None:
+                if self.learner is not None:
                     try:
-                        fields["kl"] = float(self._slow.kl_probe())
+                        fields["kl"] = float(self.learner.kl_probe())
                     except Exception as e:  # KL is a diagnostic; never fail an evaluation over it
                         log.warning("kl probe failed: %s", e)
                 self._save_rollouts(trajs, f"eval_{self.counters['evals']:04d}")
@@ -312,10 +288,7 @@ class Session:
     def plasticity_probe(self, task: str, *, level: int = 1, steps: int = 2) -> dict:
         """From the current weights, a fresh RL run on a new task (and the same from the base weights)."""
         with self._working("plasticity probe"):
-            trained = self.policy
-            copies = {"trained": (self._slow.copy_policy if self._slow is not None
-                                  else lambda: copy.deepcopy(trained)),
-                      "base": lambda: copy.deepcopy(self.base_policy())}
+            copies = {"trained": self.weights.copy, "base": lambda: copy.deepcopy(self.base_policy())}
             out = evaluation.plasticity(copies, task, level=level, seed=self.config.seed,
                                         population_size=self.config.population_size, slow_config=self.slow_config(),
                                         steps=steps, out_dir=self.rundir.plasticity_dir)
@@ -346,8 +319,8 @@ class Session:
         self.rundir.write_current(self.population)
         self._event("edit", source=source, parent=old.id, id=new.id, diff=diff)
         self._save_state()
-        if self._slow is not None:
-            self._slow.set_population(self._train_population())
+        if self.learner is not None:
+            self.learner.set_population(self._train_population())
 
     def _sync_hand_edits(self) -> None:
         """Pick up hand edits of RUN/harnesses/current/*.yaml (invalid files are reported, not used)."""
@@ -379,7 +352,7 @@ class Session:
             self.counters["plan_pos"] = 0
             # Snapshot before evaluate(): it saves state.json, and a cycle the state counts as done
             # must already have its population snapshot (a crash in between would lose it).
-            self._snapshot_population()
+            self.rundir.write_population(self.counters, self.population, self.population_scores)
             if evaluate:
                 self.evaluate()
             self._save_state()
@@ -430,9 +403,9 @@ class Session:
         self.population_scores = {}
         self._store(self.seed_harness)
         self.rundir.write_current(self.population)
-        if self._slow is not None:
-            self._slow.set_task(self.task, self.task.examples("train"))
-            self._slow.set_population(self._train_population())
+        if self.learner is not None:
+            self.learner.set_task(self.task, self.task.examples("train"))
+            self.learner.set_population(self._train_population())
         self._event("stage", stage=self.stage_idx, task=self.stages[self.stage_idx].task,
                     seed_harness=self.seed_harness.id)
 
@@ -445,20 +418,13 @@ class Session:
         rec = records.make(kind, self.counters, task=self.stages[self.stage_idx].task, t0=self._t0, **fields)
         self.metrics.append(rec)
         self.rundir.append_metric(rec)
-        self._notify(rec)
+        self.control.notify(rec)
         return rec
 
     def _event(self, kind: str, **fields) -> None:
         rec = records.event(kind, **fields)
         self.rundir.append_event(rec)
-        self._notify(rec)
-
-    def _notify(self, rec: dict) -> None:
-        for fn in list(self.listeners):
-            try:
-                fn(rec)
-            except Exception as e:  # a broken UI callback must not break training
-                log.warning("listener failed: %s", e)
+        self.control.notify(rec)
 
     def _save_state(self) -> None:
         self.rundir.save_state({"counters": dict(self.counters), "population": [h.id for h in self.population],
@@ -467,14 +433,11 @@ class Session:
 
     def _checkpoint(self) -> None:
         name = f"step_{self.counters['rl_step']:06d}"
-        self.rundir.write_checkpoint(name, self._slow.save_state)
+        self.rundir.write_checkpoint(name, self.learner.save_state)
         prev, self.checkpoint = self.checkpoint, name
         self._save_state()  # state points at the new checkpoint before the old one goes
         if prev and prev != name:
             self.rundir.remove_checkpoint(prev)
-
-    def _snapshot_population(self) -> None:
-        self.rundir.write_population(self.counters, self.population, self.population_scores)
 
     def _save_rollouts(self, trajs, name: str) -> None:
         if trajs and self.config.save_rollouts:
@@ -494,9 +457,7 @@ class Session:
 
     def close(self) -> None:
         """Release the trainer thread and models (the run directory stays resumable)."""
-        if self._slow is not None:
-            self._slow.close()
-            self._slow = None
+        self.weights.close()
         self._event("close", counters=dict(self.counters))
 
     def __enter__(self) -> "Session":

@@ -101,14 +101,14 @@ def test_resume_between_checkpoints_rolls_back_to_the_weights_on_disk(tmp_path):
 
     r = Session.resume(tmp_path / "r", policy=tiny_policy(seed=0), progress=False)
     assert r.counters == counters_two
-    assert r._slow.global_step == 2
+    assert r.learner.global_step == 2
     loaded = {k: v.detach() for k, v in r.policy.model.named_parameters() if v.requires_grad}
     assert all(torch.equal(loaded[k], at_two[k]) for k in at_two)
     run = load_run(r.run_dir)
     assert [m["rl_step"] for m in run.metrics if m["kind"] == "slow"] == [1, 2]
     assert run.events[-1]["event"] == "resume" and run.events[-1]["rolled_back_steps"] == 1
     r.slow_step(1)
-    assert r.counters["rl_step"] == 3 and r._slow.global_step == 3
+    assert r.counters["rl_step"] == 3 and r.learner.global_step == 3
     r.close()
 
 
@@ -125,7 +125,7 @@ def test_manual_edit_in_lineage_and_next_step(tmp_path):
     assert "+  Be terse." in ev["diff"] and ev["parent"] == old.id
     rec = s.slow_step(1)[0]
     assert new.id in rec["population"]  # the very next step trains on the edited harness
-    trajs = getattr(s._slow, "last_trajectories", None)
+    trajs = s.learner.last_trajectories
     if trajs:
         assert {t.harness_id for t in trajs} == {new.id}
     # survives resume
