@@ -51,7 +51,7 @@ CONFIG = dict(task="crash-keyword", harness="math", mode="fst", cycles=1000, ste
 
 # Where the child kills itself: "<target>:<enter|exit|torn>:<n-th call in that child>".
 CRASH_POINTS = [
-    "fst_lab.session.atomic_write_text:enter:1",                # creating the run: before config.yaml
+    "fst_lab.rundir.atomic_write_text:enter:1",                 # creating the run: before config.yaml
     "fst_lab.session.Session._save_state:enter:1",             # creating the run: before state.json
     "fst_lab.fast.HarnessAdapter.propose_new_texts:enter:1",    # inside fast_step's GEPA loop
     "fst_lab.lm.ReflectionLM.__call__:exit:1",                  # GEPA loop, right after a reflection
@@ -63,11 +63,11 @@ CRASH_POINTS = [
     "torch.save:exit:1",                                        # mid-checkpoint: optimizer written
     "fst_lab.slow.atomic_write_text:enter:1",                   # mid-checkpoint: before fst_state.json
     "fst_lab.session.Session._checkpoint:exit:1",               # checkpoint + state.json just written
-    "fst_lab.session.append_jsonl:torn:2",                      # half a metrics/events line, then death
+    "fst_lab.rundir.append_jsonl:torn:2",                       # half a metrics/events line, then death
     "os.replace:enter:7",                                       # an atomic write: temp file, no rename
     "fst_lab.harness.Harness.save:enter:1",                     # storing a new (GEPA) harness
     "fst_lab.session.Session.evaluate:enter:1",                 # end of cycle: evaluation
-    "fst_lab.session.Session._snapshot_population:enter:1",     # end of cycle: population snapshot
+    "fst_lab.rundir.RunDir.write_population:enter:1",           # end of cycle: population snapshot
     "fst_lab.session.Session._save_state:exit:3",               # right after a state write
     "fst_lab.slow.SlowLearner.load_state:exit:1",               # right after resuming the weights
 ]

@@ -94,7 +94,7 @@ def real_run(tmp_path_factory):
                     save_rollouts=2)
     s = Session(cfg, policy=tiny_policy(seed=0), progress=False)
     s.run()
-    s._slow.close()
+    s.weights.close()
     run = s.run_dir
     assert (run / "fast" / "round_0001" / "gepa_state.bin").exists()
     assert (run / "checkpoints" / "step_000001" / "optimizer.pt").exists()
@@ -231,8 +231,7 @@ def test_gepa_state_is_never_loaded_even_on_resume(real_run, tmp_path):
     s = Session.resume(run, policy=tiny_policy(seed=0), progress=False)
     assert not fired(markers)
     res = s.fast_step()
-    if s._slow is not None:
-        s._slow.close()
+    s.weights.close()
     assert res.round == 2 and not fired(markers)
     stale = run / "fast" / "round_0002.stale-1" / "gepa_state.bin"
     assert stale.read_bytes() == trap, "the leftover GEPA state was moved aside untouched"

@@ -184,8 +184,7 @@ def child(cmd: dict) -> int:
         _note(str(run_dir), event="created", counters=dict(s.counters))
     st = s.run(cycles=int(cmd.get("cycles", 1)))
     _note(str(run_dir), event="done", counters=dict(s.counters), status={k: st[k] for k in ("cycle", "rl_step")})
-    if s._slow is not None:
-        s._slow.close()
+    s.weights.close()
     return 0
 
 
