@@ -293,6 +293,80 @@ class SlowConfig:
 
 
 
+CONSOLIDATE_METHODS = ("kl", "sft")
+CONSOLIDATE_STUDENTS = ("none", "seed", "short")
+CONSOLIDATE_TEACHERS = ("best", "population")
+CONSOLIDATE_KL_SUPPORTS = ("full", "topk")
+
+
+@dataclass
+class ConsolidateConfig:
+    """Settings of a consolidation step (distilling the evolved harness into the weights).
+
+    What: ``method`` (kl | sft), ``student`` (none | seed | short) + ``student_system_prompt``,
+    ``teacher`` (best | population).
+    Batch: ``steps``, ``prompts_per_step``, ``samples_per_prompt``, ``max_new_tokens``, ``temperature``.
+    Loss: ``kl_support`` (full | topk), ``top_k``, ``sft_min_reward``; RL + distillation: ``rl_coef``.
+    Optimiser: ``learning_rate``, ``max_grad_norm``, ``lora_r``.
+    Bookkeeping: ``seed``, ``eval_size``.
+    """
+
+    method: str = _f("kl", "kl: on-policy reverse KL to the harness-conditioned teacher (the paper authors' "
+                           "experiment); sft: SFT on the teacher's high-reward completions re-rendered under the "
+                           "minimal harness (DSPy BetterTogether's idea; cheaper, off-policy).")
+    student: str = _f("short", "The student's minimal harness: none (the question alone, no system prompt, no "
+                               "tools), seed (the run's seed harness), short (the seed's task template and tools "
+                               "with a one-line system prompt and no few-shot).")
+    student_system_prompt: str = _f("", "System prompt of student='short' (empty: 'Solve the task.' + the seed's "
+                                        "answer format).")
+    teacher: str = _f("best", "best: the best evolved harness teaches every sample; population: each population "
+                              "member teaches its share (samples_per_prompt / K samples of every problem).")
+    steps: int = _f(4, "Optimizer steps of one `fst-lab consolidate RUN` / `session.consolidate()` call without n "
+                       "(a schedule's 'c' is one step).")
+    prompts_per_step: int = _f(4, "Training problems per step.")
+    samples_per_prompt: int = _f(2, "Student samples per problem per step (teacher='population': a multiple of K).")
+    learning_rate: float = _f(1e-4, "AdamW learning rate of the consolidation optimizer (ours; same as the demo's "
+                                    "LoRA RL rate).")
+    max_grad_norm: float = _f(1.0, "Gradient clipping (0 = off).")
+    max_new_tokens: int | None = _f(None, "Tokens per model turn for the student's samples (None: the run's "
+                                          "max_new_tokens, else the harness's loop setting).")
+    temperature: float = _f(1.0, "Sampling temperature of the student's samples (on-policy: 1.0).")
+    kl_support: str = _f("full", "full: exact KL over the whole vocabulary; topk: over the student's top_k tokens "
+                                 "plus one tail bucket (TRL SDFT's top-k objective; cheaper for large vocabularies).")
+    top_k: int = _f(64, "Support size for kl_support='topk'.")
+    sft_min_reward: float = _f(1.0, "method='sft': keep teacher completions with at least this reward.")
+    rl_coef: float = _f(0.0, "lambda of RL + distillation: the distillation term's weight in every RL step's loss "
+                             "(0 = plain FST, bit for bit).")
+    lora_r: int = _f(16, "A model that is not already a LoRA (PEFT) model gets a fresh adapter of this rank; "
+                         "0 trains all weights. The slow loop's model is trained as it is (its adapter).")
+    seed: int = _f(0, "Seed of problem order and sampling (each step's draws depend on (seed, step) only, so a "
+                      "resumed run redraws the same samples).")
+    eval_size: int = _f(8, "Held-out (val) problems for heldout_kl(), the student-to-teacher KL diagnostic.")
+
+    def __post_init__(self):
+        for name, allowed in (("method", CONSOLIDATE_METHODS), ("student", CONSOLIDATE_STUDENTS),
+                              ("teacher", CONSOLIDATE_TEACHERS), ("kl_support", CONSOLIDATE_KL_SUPPORTS)):
+            v = getattr(self, name)
+            if v not in allowed:
+                raise ConfigError(f"must be one of {' | '.join(allowed)}, got {v!r}", path=f"consolidate.{name}")
+        for name in ("steps", "prompts_per_step", "samples_per_prompt", "top_k", "eval_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "steps" else 1):
+                raise ConfigError(f"must be a positive integer, got {v!r}", path=f"consolidate.{name}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"must be > 0, got {self.learning_rate}", path="consolidate.learning_rate")
+        if self.temperature <= 0:
+            raise ConfigError(f"must be > 0 (on-policy sampling), got {self.temperature}",
+                              path="consolidate.temperature")
+        if self.rl_coef < 0:
+            raise ConfigError(f"must be >= 0, got {self.rl_coef}", path="consolidate.rl_coef")
+        if self.lora_r < 0:
+            raise ConfigError(f"must be >= 0, got {self.lora_r}", path="consolidate.lora_r")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 # Settings stated once, at the top level of FSTConfig, and the field each one fills in a loop config.
 FAST_SHARED = {"population_size": "population_size", "seed": "seed", "max_new_tokens": "max_new_tokens"}
 SLOW_SHARED = {"population_size": "population_size", "num_generations": "num_generations", "seed": "seed",
