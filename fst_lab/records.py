@@ -7,7 +7,8 @@ Two families of numbers never share a name:
 
 - **cumulative counters** (``COUNTERS``) are in every metrics record and only ever grow during a run:
   ``samples`` (= ``samples_rl`` + ``samples_fast``: every policy rollout that fed learning so far),
-  ``rl_step``, ``fast_round``, ``cycle``, ``stage``;
+  ``rl_step``, ``fast_round``, ``cycle``, ``stage``; consolidation's ``consolidate_step`` and
+  ``samples_distill`` (its student rollouts, kept out of ``samples``);
 - **per-step figures** belong to one step: a slow record's ``rollouts`` (this step's RL rollouts),
   a fast record's ``rollouts`` (this round's re-scoring + GEPA rollouts), ``reward``, ``loss``, ...
 
@@ -36,8 +37,10 @@ SLOW, FAST, EVAL, ABLATION, CONSOLIDATE = "slow", "fast", "eval", "ablation", "c
 METRIC_KINDS = (SLOW, FAST, EVAL, ABLATION, CONSOLIDATE)
 
 # Cumulative counters: in every metrics record, never decreasing within a run, never per-step figures.
-SAMPLE_COUNTERS = ("samples_rl", "samples_fast")  # summed into ``samples``
-COUNTERS = ("samples", *SAMPLE_COUNTERS, "rl_step", "fast_round", "cycle", "stage")
+SAMPLE_COUNTERS = ("samples_rl", "samples_fast")  # summed into ``samples`` (the FST-vs-RL sample axis)
+# samples_distill (consolidation's student rollouts) is counted apart: it would skew that axis.
+COUNTERS = ("samples", *SAMPLE_COUNTERS, "samples_distill", "rl_step", "fast_round", "consolidate_step", "cycle",
+            "stage")
 # Context in every metrics record: the stage's task, seconds since the session object started, wall time.
 CONTEXT = ("kind", "task", "time", "ts")
 
@@ -53,7 +56,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     EVAL: ("reward", "reward_<label>", "split", "n", "k", "weights", "harness", "kl"),
     ABLATION: ("base_weights+seed_harness", "base_weights+evolved_harness", "trained_weights+seed_harness",
                "trained_weights+evolved_harness"),
-    CONSOLIDATE: ("loss", "kl", "rollouts", "seconds"),
+    CONSOLIDATE: ("kl_teacher", "reward", "rollouts", "tokens", "loss", "grad_norm", "teacher", "student",
+                  "step_seconds", "seconds"),
 }
 
 # Event kinds (events.jsonl; field "event"). ``progress`` goes to listeners only, never to disk.
@@ -90,9 +94,8 @@ def jsonable(obj: Any) -> Any:
 # ---------------------------------------------------------------------------- building records
 def counter_fields(counters: Mapping[str, int]) -> dict:
     """The cumulative part of a metrics record, from a session's counters."""
-    out = {k: int(counters.get(k, 0)) for k in ("cycle", "rl_step", "fast_round", "stage", *SAMPLE_COUNTERS)}
-    out["samples"] = sum(out[k] for k in SAMPLE_COUNTERS)
-    return out
+    c = {k: int(counters.get(k, 0)) for k in COUNTERS if k != "samples"}
+    return {"samples": sum(c[k] for k in SAMPLE_COUNTERS), **c}
 
 
 def make(kind: str, counters: Mapping[str, int], *, task: str | None = None, t0: float | None = None,

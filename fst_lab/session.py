@@ -79,8 +79,9 @@ class Session:
         self.population: list[Harness] = [self.seed_harness]
         self.population_scores: dict[str, float] = {}  # id -> score; no entry: not evaluated (e.g. a hand edit)
         self.harnesses: dict[str, Harness] = {self.seed_harness.id: self.seed_harness}  # every harness ever
-        self.counters = {"cycle": 0, "plan_pos": 0, "rl_step": 0, "fast_round": 0, "samples_rl": 0,
-                         "samples_fast": 0, "stage": 0, "stage_step": 0, "evals": 0}
+        self.counters = {"cycle": 0, "plan_pos": 0, "rl_step": 0, "fast_round": 0, "consolidate_step": 0,
+                         "samples_rl": 0, "samples_fast": 0, "samples_distill": 0, "stage": 0, "stage_step": 0,
+                         "evals": 0}
         self.checkpoint: str | None = None
         self.metrics: list[dict] = []
         self.last_fast = None
@@ -220,6 +221,9 @@ class Session:
         out = []
         with self._working(f"slow step 0/{n}") as act:
             for i in progress_bar(self.progress, range(n), desc="slow steps", total=n, disable=n <= 1):
+                if i and self.control.paused:  # pause holds between steps (a step called directly runs)
+                    act[0] = f"paused before slow step {i + 1}/{n}"
+                    self.control.wait_unpaused()
                 if self.control.stop_requested():
                     break
                 act[0] = f"slow step {i + 1}/{n}"
