@@ -71,6 +71,7 @@ def _val(policy, harness, task, n: int, max_new_tokens: int | None, seed: int) -
 
 def run_one(cfg_dict: dict, mode: str, run_dir: Path, *, smoke: bool) -> dict:
     """Drive the session step by step so each stage gets an end-of-stage evaluation on its own task."""
+    from fst_lab import records
     from fst_lab.config import FSTConfig
     from fst_lab.harness import load_named
     from fst_lab.models import tiny_policy
@@ -88,7 +89,7 @@ def run_one(cfg_dict: dict, mode: str, run_dir: Path, *, smoke: bool) -> dict:
         c = s.counters
         evals.append({"stage": stage, "task": task_name, "where": where, "rl_step": c["rl_step"],
                       "stage_step": c["stage_step"] if c["stage"] == stage else cfg.stage_list()[stage].steps,
-                      "samples": c["samples_rl"] + c["samples_fast"], "reward": reward})
+                      "samples": records.counter_fields(c)["samples"], "reward": reward})
 
     plan_stages = cfg.stage_list()
     for i, st in enumerate(plan_stages):
@@ -118,15 +119,13 @@ def run_one(cfg_dict: dict, mode: str, run_dir: Path, *, smoke: bool) -> dict:
                               "base": _val(s.base_policy(), harness, task, cfg.eval_size, cfg.max_new_tokens,
                                            cfg.seed)}
     slow = [{"rl_step": m["rl_step"], "stage": m.get("stage"), "task": m.get("task"), "reward": m.get("reward"),
-             "kl_probe": m.get("kl_probe"), "samples": m.get("samples")} for m in s.metrics if m.get("kind") == "slow"]
+             "kl": m.get("kl"), "samples": m["samples"]} for m in records.of_kind(s.metrics, records.SLOW)]
     fast = [{"round": m.get("round"), "stage": m.get("stage"), "best_val": m.get("best_val"),
              "rollouts": m.get("rollouts"), "accepted": m.get("accepted")}
-            for m in s.metrics if m.get("kind") == "fast"]
+            for m in records.of_kind(s.metrics, records.FAST)]
     out = {"mode": mode, "evals": evals, "slow": slow, "fast": fast, "retention": retention, "status": s.status(),
            "seconds": time.time() - t0, "run_dir": str(run_dir)}
-    if getattr(s, "_slow", None) is not None and hasattr(s._slow, "close"):
-        s._slow.close()
-    s.close()
+    s.close()  # ends the trainer thread
     s = None  # drop the policy, trainer and optimizer before the next run
     gc.collect()
     return out

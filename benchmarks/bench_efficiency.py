@@ -102,9 +102,7 @@ def run_one(cfg_dict: dict, mode: str, run_dir: Path, *, smoke: bool, ablation: 
         out["ablation"] = s.channel_ablation(n=cfg.eval_size)
     out["seconds"] = time.time() - t0
     out["status"] = s.status()
-    if getattr(s, "_slow", None) is not None and hasattr(s._slow, "close"):
-        s._slow.close()
-    s.close()
+    s.close()  # ends the trainer thread
     del s
     import gc
 
@@ -115,7 +113,7 @@ def run_one(cfg_dict: dict, mode: str, run_dir: Path, *, smoke: bool, ablation: 
 def compact(metrics: list[dict]) -> list[dict]:
     """The fields the analysis reads, with ``rollouts`` = all learning rollouts so far (RL + fast loop)."""
     keep = ("kind", "cycle", "rl_step", "fast_round", "stage", "task", "samples", "samples_rl", "samples_fast",
-            "reward", "kl_probe", "kl", "time", "seconds", "metric_calls", "rollouts", "rescore_rollouts",
+            "reward", "kl", "kl_train", "time", "seconds", "metric_calls", "rollouts", "rescore_rollouts",
             "proposals", "accepted", "bootstrap_proposals", "reflection_calls", "best_val")
     fast_rollouts = 0
     out = []
@@ -131,7 +129,7 @@ def compact(metrics: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------- analysis
 def eval_curve(rec: list[dict], x: str = "all_rollouts") -> tuple[list[float], list[float]]:
     """(xs, running-max ys) of the validation evaluations."""
-    from fst_lab.runs import running_max
+    from fst_lab.records import running_max
 
     pts = [(r[x], r["reward"]) for r in rec if r.get("kind") == "eval" and r.get("reward") is not None]
     xs = [p[0] for p in pts]
@@ -144,7 +142,7 @@ def kl_points(rec: list[dict], mode: str) -> list[tuple[float, float]]:
     for r in rec:
         if r.get("kind") != "eval" or r.get("reward") is None:
             continue
-        kl = 0.0 if (mode == "gepa" or r.get("rl_step", 0) == 0) else r.get("kl_probe")
+        kl = 0.0 if (mode == "gepa" or r.get("rl_step", 0) == 0) else r.get("kl")
         if kl is not None:
             pts.append((float(r["reward"]), float(kl)))
     return pts

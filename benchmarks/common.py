@@ -148,10 +148,24 @@ def save_result(out_dir: Path, name: str, data: dict) -> Path:
 
 
 def load_result(out_dir: Path, name: str) -> dict | None:
+    """A results file, its run records in today's schema (:func:`run_records`)."""
     path = Path(out_dir) / f"{name}.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    res = json.loads(path.read_text(encoding="utf-8"))
+    for run in res.get("runs", []) if isinstance(res, dict) else []:
+        for key in ("records", "slow"):
+            if isinstance(run.get(key), list):
+                run[key] = run_records(run[key])
+    return res
+
+
+def run_records(recs: Sequence[dict]) -> list[dict]:
+    """Metrics records as :mod:`fst_lab.records` defines them (results written before it used
+    ``kl_probe`` for the probe KL and a slow record's ``samples`` for its per-step rollouts)."""
+    from fst_lab.records import normalize_all
+
+    return normalize_all(recs)
 
 
 def _json_default(o):

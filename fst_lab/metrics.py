@@ -4,6 +4,8 @@
 - samples to reach a target (e.g. RL-only's peak) and the ratio between modes;
 - ScaleRL-style 4-parameter sigmoid fit -> asymptote;
 - KL to base at matched accuracy.
+
+Records are :mod:`fst_lab.records` (``samples`` is cumulative; ``kl`` is the probe KL to the start weights).
 """
 
 from __future__ import annotations
@@ -11,18 +13,19 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from fst_lab.runs import running_max
+from fst_lab import records
+from fst_lab.records import running_max
 
 
 def mean_at_k(rewards: Sequence[float]) -> float:
     return float(sum(rewards) / len(rewards)) if rewards else 0.0
 
 
-def curve(records: list[dict], *, key: str = "reward", x: str = "samples", kind: str = "eval",
+def curve(recs: list[dict], *, key: str = "reward", x: str = "samples", kind: str = "eval",
           running: bool = True) -> tuple[list[float], list[float]]:
-    """(xs, ys) of ``key`` over records of ``kind``; running-max when ``running`` (the paper's curves)."""
-    pts = [(r[x], r[key]) for r in records if r.get("kind") == kind and r.get(key) is not None and x in r]
-    pts.sort()
+    """(xs, ys) of ``key`` over records of ``kind`` (see :func:`fst_lab.records.series`), ordered by x;
+    running-max when ``running`` (the paper's curves)."""
+    pts = sorted(zip(*records.series(recs, kind, key, x)), key=lambda p: p[0])  # stable: ties keep run order
     xs = [p[0] for p in pts]
     ys = [p[1] for p in pts]
     return xs, (running_max(ys) if running else ys)

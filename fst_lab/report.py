@@ -1,11 +1,16 @@
-"""Tables and PNG plots comparing run directories (reads them through the pure loaders)."""
+"""Tables and PNG plots comparing run directories (``fst-lab compare``; reads them through the pure loaders).
+
+    >>> table, pngs = compare_runs(["runs/fst-math-1", "runs/rl-math-1"], out_dir="runs/compare")
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
+from fst_lab import records
 from fst_lab.metrics import curve
+from fst_lab.records import EVAL, FAST, LABELS, SLOW
 from fst_lab.runs import load_run
 
 
@@ -13,20 +18,19 @@ def summary_rows(run_dirs: Sequence[str | Path]) -> list[dict]:
     rows = []
     for d in run_dirs:
         run = load_run(d)
-        ev = [m for m in run.metrics if m.get("kind") == "eval"]
-        slow = [m for m in run.metrics if m.get("kind") == "slow"]
-        fast = [m for m in run.metrics if m.get("kind") == "fast"]
+        ev = records.values(run.metrics, EVAL, "reward")
+        slow_last, kl_last = records.latest(run.metrics, SLOW, "reward"), records.latest(run.metrics, SLOW, "kl")
+        fast_best = records.values(run.metrics, FAST, "best_val")
         c = run.state.get("counters", {})
-        kls = [m.get("kl") for m in slow if m.get("kl") is not None]
         rows.append({
             "run": run.name, "mode": run.config.get("mode"), "task": run.config.get("task"),
             "cycles": c.get("cycle", 0), "rl_steps": c.get("rl_step", 0), "fast_rounds": c.get("fast_round", 0),
             "samples_rl": c.get("samples_rl", 0), "samples_fast": c.get("samples_fast", 0),
-            "val_first": ev[0]["reward"] if ev else None, "val_last": ev[-1]["reward"] if ev else None,
-            "val_max": max(m["reward"] for m in ev) if ev else None,
-            "train_reward_last": slow[-1].get("reward") if slow else None,
-            "kl_last": kls[-1] if kls else None,
-            "best_fast_val": max((m.get("best_val") or 0) for m in fast) if fast else None,
+            "val_first": ev[0] if ev else None, "val_last": ev[-1] if ev else None,
+            "val_max": max(ev) if ev else None,
+            "train_reward_last": slow_last["reward"] if slow_last else None,
+            "kl_last": kl_last["kl"] if kl_last else None,
+            "best_fast_val": max(fast_best) if fast_best else None,
             "population": len(run.state.get("population", [])),
         })
     return rows
@@ -64,13 +68,13 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = "runs/com
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
-        xs, ys = curve(run.metrics, key="reward", kind="eval")
+        xs, ys = curve(run.metrics, key="reward", kind=EVAL)
         if xs:
             ax.plot(xs, ys, marker="o", label=f"{run.name} (val, running max)")
-        xs, ys = curve(run.metrics, key="reward", kind="slow", running=False)
+        xs, ys = records.series(run.metrics, SLOW, "reward")  # cumulative samples: one point per RL step
         if xs:
-            ax.plot(xs, ys, alpha=0.4, linestyle="--", label=f"{run.name} (train)")
-    ax.set_xlabel("samples (RL rollouts + fast-loop metric calls)")
+            ax.plot(xs, ys, alpha=0.4, linestyle="--", marker=".", label=f"{run.name} (train)")
+    ax.set_xlabel(LABELS["samples"])
     ax.set_ylabel("reward")
     ax.set_title("Reward vs samples")
     ax.legend(fontsize=7)
@@ -82,11 +86,10 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = "runs/com
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
-        pts = [(m.get("kl"), m.get("reward")) for m in run.metrics
-               if m.get("kind") == "slow" and m.get("kl") is not None and m.get("reward") is not None]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=run.name, s=14)
-    ax.set_xlabel("KL(policy || base)")
+        kls, rewards = records.series(run.metrics, SLOW, "reward", x="kl")
+        if kls:
+            ax.scatter(kls, rewards, label=run.name, s=14)
+    ax.set_xlabel(LABELS["kl"])
     ax.set_ylabel("train reward")
     ax.set_title("KL vs reward")
     if ax.get_legend_handles_labels()[0]:
@@ -101,12 +104,12 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = "runs/com
         fig, ax = plt.subplots(figsize=(6, 4))
         for run in runs:
             for stage in sorted({m.get("stage", 0) for m in run.metrics}):
-                pts = [(m["rl_step"], m["reward"]) for m in run.metrics
-                       if m.get("kind") == "slow" and m.get("stage", 0) == stage and m.get("reward") is not None]
+                pts = [(m["rl_step"], m["reward"]) for m in records.of_kind(run.metrics, SLOW)
+                       if m.get("stage", 0) == stage and m.get("reward") is not None]
                 if pts:
                     task = next((m.get("task") for m in run.metrics if m.get("stage", 0) == stage), stage)
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"{run.name}: {task}")
-        ax.set_xlabel("RL step")
+        ax.set_xlabel(LABELS["rl_step"])
         ax.set_ylabel("train reward")
         ax.set_title("Per-stage curves")
         ax.legend(fontsize=7)

@@ -232,7 +232,8 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
         raise RunDirError(f"{p / STATE}: unreadable ({type(e).__name__}: {e})") from None
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise RunDirError(f"{p}: {CONFIG} and {STATE} must each hold a mapping")
-    return RunView(path=p, config=config, state=state, metrics=records.normalize_all(read_jsonl(p / METRICS)), events=read_jsonl(p / EVENTS))
+    return RunView(path=p, config=config, state=state, metrics=records.normalize_all(read_jsonl(p / METRICS)),
+                   events=read_jsonl(p / EVENTS))
 
 
 def score_text(score: float | None) -> str:

@@ -196,7 +196,8 @@ class Session:
             train = list(train_examples) if train_examples is not None else train
             val = list(val_examples) if val_examples is not None else val
             cfg = self.fast_config()
-            on_event = gepa_progress(self.control.notify, len(self.population) * len(val), cfg.budget(len(train), len(val)))
+            on_event = gepa_progress(self.control.notify, len(self.population) * len(val),
+                                     cfg.budget(len(train), len(val)))
             t0 = time.time()
             res = fast_step(self.policy, self.task, list(self.population), train, val, config=cfg, round=rnd,
                             run_dir=str(self.rundir.fast_dir(rnd)), progress=self.progress, on_event=on_event)

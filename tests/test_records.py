@@ -97,6 +97,19 @@ def test_old_run_directories_load_with_todays_keys(tmp_path):
     assert [m["rollouts"] for m in slow] == [8, 8, 8] and [m["kl_train"] for m in slow] == [0.5] * 3
     assert [m["kl"] for m in slow] == [0.01, 0.02, 0.03] and "kl_probe" not in slow[0]
     assert run.metrics[-1]["kl"] == 0.03
+    from fst_lab.report import summary_rows
+
+    row = summary_rows([d])[0]
+    assert (row["kl_last"], row["val_first"], row["val_last"]) == (0.03, 0.1, 0.3)
+
+
+def test_compare_report_reads_the_schema(run_dir, tmp_path):
+    from fst_lab.report import compare_runs
+
+    table, pngs = compare_runs([run_dir], out_dir=tmp_path)
+    assert run_dir.name in table and "kl_last" in table
+    assert [p.name for p in pngs][:2] == ["reward_vs_samples.png", "kl_vs_reward.png"]
+    assert all(p.stat().st_size > 1000 for p in pngs)
 
 
 def test_records_refuse_per_step_fields_named_like_counters():
