@@ -22,6 +22,8 @@ _LAZY = {
     "rollout": "fst_lab.rollout",
     "load_run": "fst_lab.runs",
     "list_runs": "fst_lab.runs",
+    "RunDir": "fst_lab.rundir",
+    "FstLabError": "fst_lab.errors",
 }
 
 __all__ = list(_LAZY)

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from fst_lab import records
+from fst_lab.errors import FstLabError
 from fst_lab.harness import Harness, HarnessError
 from fst_lab.records import running_max  # noqa: F401  (re-exported: readers import it from here)
 
@@ -44,7 +45,7 @@ CONFIG = "config.yaml"
 STOP = "stop"
 
 
-class RunDirError(ValueError):
+class RunDirError(FstLabError, ValueError):
     """A run directory is missing, outside the allowed root, or unreadable."""
 
 

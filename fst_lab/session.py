@@ -29,6 +29,7 @@ from fst_lab.config import FSTConfig, Stage
 from fst_lab.control import Control, gepa_progress, progress_bar
 from fst_lab.evaluation import bare_harness  # noqa: F401  (public: fst_lab.session.bare_harness)
 from fst_lab.edits import manual_edit, resolve_target
+from fst_lab.errors import FstLabError
 from fst_lab.harness import Harness, HarnessError
 from fst_lab.rundir import RunDir
 from fst_lab.runs import RunDirError
@@ -38,8 +39,8 @@ from fst_lab.weights import Weights
 log = logging.getLogger(__name__)
 
 
-class SessionError(RuntimeError):
-    pass
+class SessionError(FstLabError, RuntimeError):
+    """A step that can't run in this session (wrong mode, a run directory that exists or isn't one)."""
 
 
 class Session:
