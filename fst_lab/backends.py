@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+from fst_lab.config import SlowConfig
 from fst_lab.models import Generation, Policy, cuda_available, import_unsloth, select_backend
-
-if TYPE_CHECKING:  # pragma: no cover
-    from fst_lab.slow import SlowConfig
 
 log = logging.getLogger(__name__)
 
 
-def resolve_backend(config: "SlowConfig", policy: Policy | None = None) -> str:
+def resolve_backend(config: SlowConfig, policy: Policy | None = None) -> str:
     """``"unsloth"`` when CUDA and unsloth are present (or asked for), else ``"transformers"``.
 
     Decided from ``torch.cuda.is_available()`` and ``importlib.util.find_spec`` only: unsloth is not
@@ -44,18 +42,22 @@ def resolve_backend(config: "SlowConfig", policy: Policy | None = None) -> str:
     return which
 
 
-def device_args(backend: str) -> dict[str, Any]:
-    """GRPOConfig flags for the device: CPU needs ``use_cpu=True`` and no half precision (TRL's defaults
-    raise on CPU); on CUDA, bf16 when the GPU supports it."""
+def device_args(backend: str, precision: str = "fp32") -> dict[str, Any]:
+    """GRPOConfig flags for the device and precision.
+
+    CPU: ``use_cpu=True``; ``bf16=True`` for precision "bf16" (autocast in bfloat16 with float32 master
+    weights: transformers/accelerate support it on CPU), never fp16. CUDA: bf16 when the GPU supports
+    it (fp16 otherwise), whatever ``precision`` says, as before.
+    """
     if not cuda_available():
-        return {"use_cpu": True, "bf16": False, "fp16": False}
+        return {"use_cpu": True, "bf16": precision == "bf16", "fp16": False}
     import torch  # pragma: no cover - GPU only
 
     bf16 = bool(torch.cuda.is_bf16_supported())  # pragma: no cover
     return {"use_cpu": False, "bf16": bf16, "fp16": not bf16}  # pragma: no cover
 
 
-def lora_config(config: "SlowConfig"):
+def lora_config(config: SlowConfig):
     """The PEFT LoRA config (dropout 0: dropout would make the logprobs of generation and training differ)."""
     from peft import LoraConfig
 
@@ -63,7 +65,7 @@ def lora_config(config: "SlowConfig"):
                       target_modules=list(config.lora_target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-def prepare_model(policy: Policy, config: "SlowConfig", backend: str):
+def prepare_model(policy: Policy, config: SlowConfig, backend: str):
     """``(model, peft_config)`` for ``GRPOTrainer(model=..., peft_config=...)``.
 
     transformers: the plain model plus a LoRA config, so TRL wraps it (a fresh adapter; TRL's KL
@@ -121,11 +123,124 @@ class VLLMColocatePolicy(Policy):
         return out
 
 
-def generation_policy(trainer, policy: Policy, config: "SlowConfig", backend: str) -> Policy:
+def generation_policy(trainer, policy: Policy, config: SlowConfig, backend: str) -> Policy:
     """What rollouts sample from during RL: the live trained model through HF ``generate`` (CPU / default),
-    or TRL's colocated vLLM engine when ``config.use_vllm``."""
+    or TRL's colocated vLLM engine when ``config.use_vllm``. Under ``bf16`` the sampler runs under the
+    same bfloat16 autocast as the trainer's forward, so sampling and training see the same numerics."""
     model = trainer.model  # unwrapped (DDP wraps model_wrapped); generating needs no gradient sync
     if config.use_vllm:  # pragma: no cover - GPU only
         return VLLMColocatePolicy(model=model, tokenizer=policy.tokenizer, name=policy.name, path=policy.path,
                                   backend=backend, trainer=trainer)
-    return Policy(model=model, tokenizer=policy.tokenizer, name=policy.name, path=policy.path, backend=backend)
+    autocast = "bf16" if config.precision == "bf16" else None
+    return Policy(model=model, tokenizer=policy.tokenizer, name=policy.name, path=policy.path, backend=backend,
+                  autocast=autocast)
+
+
+# ---------------------------------------------------------------------------- views of the start weights
+def reference(peft_model):
+    """Context in which a PEFT model computes the start weights, as TRL's KL reference does: the frozen
+    "ref" adapter when TRL made one (training continued an existing adapter), else adapters disabled."""
+    from trl.trainer.utils import use_adapter
+
+    return use_adapter(peft_model, adapter_name="ref" if "ref" in peft_model.peft_config else None)
+
+
+class AdapterDisabled:
+    """A model view that runs a PEFT model as its start weights (:func:`reference`), without a copy."""
+
+    def __init__(self, peft_model):
+        self._m = peft_model
+
+    def generate(self, *args, **kwargs):
+        with reference(self._m):
+            return self._m.generate(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        with reference(self._m):
+            return self._m(*args, **kwargs)
+
+    def parameters(self):
+        return self._m.parameters()
+
+    @property
+    def training(self) -> bool:
+        return self._m.training
+
+    def eval(self):
+        self._m.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        self._m.train(mode)
+        return self
+
+    @property
+    def config(self):
+        return self._m.config
+
+    @property
+    def generation_config(self):
+        return self._m.generation_config
+
+
+def fresh_copy(model):
+    """An independent, frozen copy of a (non-PEFT) HF model, built from its config (never deepcopy: a model
+    TRL has patched would keep calling the original's forward)."""
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
+    missing, unexpected = m.load_state_dict(model.state_dict(), strict=False)
+    missing = [k for k in missing if "lm_head" not in k]
+    if missing or unexpected:  # pragma: no cover - defensive
+        raise RuntimeError(f"copy of the start weights failed: missing={missing[:3]} unexpected={unexpected[:3]}")
+    m.tie_weights()
+    m.to(next(model.parameters()).device)
+    m.eval().requires_grad_(False)
+    return m
+
+
+def install_copy_guard(module) -> None:
+    """TRL patches ``forward`` on the model instance with a closure over the *original* module's forward,
+    so ``copy.deepcopy`` of a trained model would silently run the original's weights. This makes a
+    deep copy drop the patch (the copy gets its class's plain forward)."""
+    import copy
+
+    if "forward" not in module.__dict__ or "__deepcopy__" in module.__dict__:
+        return
+
+    def __deepcopy__(memo, _m=module):
+        saved = {k: _m.__dict__.pop(k) for k in ("forward", "__deepcopy__") if k in _m.__dict__}
+        try:
+            return copy.deepcopy(_m, memo)
+        finally:
+            _m.__dict__.update(saved)
+
+    module.__dict__["__deepcopy__"] = __deepcopy__
+
+
+def load_weights(model, directory, *, lora: bool) -> None:
+    """Load weights saved with ``save_pretrained`` (safetensors) into ``model`` in place, so an optimizer
+    keeps pointing at the same parameters: the LoRA adapter (PEFT format) or the full model."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if lora:
+        from peft import set_peft_model_state_dict
+
+        f = d / "adapter_model.safetensors"
+        if not f.exists():
+            raise FileNotFoundError(f"{f} not found (save it with save_adapter)")
+        res = set_peft_model_state_dict(model, load_file(str(f)))
+        bad = [k for k in getattr(res, "unexpected_keys", []) if "lora" in k]
+        if bad:
+            raise ValueError(f"{f}: adapter does not match this model (unexpected keys {bad[:3]})")
+    else:
+        f = d / "model.safetensors"
+        if not f.exists():
+            raise FileNotFoundError(f"{f} not found (save it with save_adapter)")
+        missing, unexpected = model.load_state_dict(load_file(str(f)), strict=False)
+        missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
+        if missing or unexpected:
+            raise ValueError(f"{f}: weights don't match (missing {missing[:3]}, unexpected {unexpected[:3]})")

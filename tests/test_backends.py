@@ -15,6 +15,7 @@ from fst_lab.slow import SlowConfig
 def test_cpu_resolves_to_transformers_without_importing_unsloth(tiny_policy):
     assert backends.resolve_backend(SlowConfig(), tiny_policy) == "transformers"
     assert backends.device_args("transformers") == {"use_cpu": True, "bf16": False, "fp16": False}
+    assert backends.device_args("transformers", "bf16") == {"use_cpu": True, "bf16": True, "fp16": False}
     with pytest.raises(RuntimeError, match="CUDA"):
         backends.resolve_backend(SlowConfig(backend="unsloth"), tiny_policy)
     assert "unsloth" not in sys.modules
@@ -50,7 +51,8 @@ def test_generation_policy_hf_and_vllm_stub(tiny_policy):
     tok = tiny_policy.tokenizer
     trainer = SimpleNamespace(model=tiny_policy.model, eos_token_ids=[tok.eos_token_id])
     pol = backends.generation_policy(trainer, tiny_policy, SlowConfig(), "transformers")
-    assert type(pol) is Policy and pol.model is tiny_policy.model
+    assert type(pol) is Policy and pol.model is tiny_policy.model and pol.autocast is None
+    assert backends.generation_policy(trainer, tiny_policy, SlowConfig(precision="bf16"), "transformers").autocast == "bf16"
 
     calls = []
 

@@ -65,3 +65,61 @@ def test_load_from_cache_is_fast_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     float(out.stdout.strip().splitlines()[-1])  # timing recorded for the benchmark docs, not asserted
+
+
+# ------------------------------------------------------------------ shared-prefix KV cache
+def test_shared_prefixes_groups_rows_and_leaves_each_a_token():
+    a = list(range(40))
+    rows = [a + [100, 101], a + [102], list(range(50, 90)), a[:20] + [7] * 5, list(range(50, 90))]
+    prefixes, owner = models.shared_prefixes(rows, min_len=16)
+    assert owner == [0, 0, 1, 0, 1]
+    assert prefixes[0] == a[:20]  # the common part of rows 0, 1 and 3
+    assert prefixes[1] == list(range(50, 89))  # identical rows: all but the last token
+    for r, g in zip(rows, owner):
+        assert r[:len(prefixes[g])] == prefixes[g] and len(r) > len(prefixes[g])
+
+
+def _two_harness_prompts(policy, harness_dir, n=3):
+    from fst_lab.harness import Harness
+    from fst_lab.tasks import get_task
+
+    h = Harness.load(harness_dir / "math.yaml")
+    h2 = h.with_components({"system_prompt": "You are B. Think, then write 'Answer: <number>'."}, origin="manual")
+    exs = get_task("math", level=1).examples("train", n)
+    return [policy.chat_prompt(*hh.render(ex.inputs)) for hh in (h, h2) for ex in exs] + \
+        [policy.chat_prompt([{"role": "user", "content": "Name a colour."}])]  # one row that shares nothing
+
+
+@pytest.mark.parametrize("which", ["tiny", "embedded"])
+def test_prefix_cache_gives_the_uncached_greedy_completions(which, tiny_policy, harness_dir, request):
+    """Each harness's prefix is encoded once and its KV cache reused; greedy completions are identical."""
+    import dataclasses
+
+    pol = tiny_policy if which == "tiny" else request.getfixturevalue("embedded_policy")
+    prompts = _two_harness_prompts(pol, harness_dir)
+    n = 24 if which == "tiny" else 16
+    plain = dataclasses.replace(pol, prefix_cache=False).generate_text(prompts, max_new_tokens=n)
+    cached = dataclasses.replace(pol, prefix_cache=True).generate_text(prompts, max_new_tokens=n)
+    assert [g.completion_ids for g in cached] == [g.completion_ids for g in plain]
+    assert [g.prompt_tokens for g in cached] == [g.prompt_tokens for g in plain]
+    assert all(g.completion_tokens > 0 for g in cached)
+
+
+def test_prefix_cache_encodes_each_shared_prefix_once(tiny_policy, harness_dir):
+    """Counted at the model: the prefix forward has one row per distinct prefix, and generate's own
+    prefill then only covers the rest of each prompt."""
+    import dataclasses
+
+    prompts = _two_harness_prompts(tiny_policy, harness_dir)
+    seen = []
+    hook = tiny_policy.model.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        dataclasses.replace(tiny_policy, prefix_cache=True).generate_text(prompts, max_new_tokens=2)
+    finally:
+        hook.remove()
+    ids = [tiny_policy.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    prefixes, owner = models.shared_prefixes(ids)
+    assert seen[0] == (len(prefixes), max(map(len, prefixes))) and len(prefixes) == 3  # 2 harnesses + 1 lone row
+    rest = max(len(r) - len(prefixes[g]) for r, g in zip(ids, owner))
+    assert seen[1] == (len(prompts), rest) and rest < max(map(len, ids)) // 2  # prefill: the rest only

@@ -10,8 +10,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 import subprocess
 import sys
+import time
+from typing import Any
 
 import pytest
 import torch
@@ -141,14 +144,17 @@ def test_steps_train_condition_per_rollout_and_swap_population(learner, harness_
     assert any(not torch.equal(before[k], after[k]) for k in before if "lora_A" in k)
 
     rec = m2[0]
-    for key in ("reward", "reward_std", "reward/h0", "reward/h1", "reward_std/h0", "reward_by_harness", "kl",
-                "kl_probe", "kl_probe_bare", "entropy", "completion_length", "tokens", "samples", "samples_seen",
-                "step_seconds", "loss", "learning_rate", "population"):
+    for key in ("reward", "reward_std", "reward/h0", "reward/h1", "reward_std/h0", "reward_by_harness", "kl_train",
+                "kl", "kl_bare", "entropy", "completion_length", "tokens", "rollouts", "step_seconds", "loss",
+                "learning_rate", "population"):
         assert key in rec, key
+    # per-step figures only: cumulative counters belong to the session's records
+    assert not {"samples", "samples_seen", "samples_rl"} & rec.keys()
     assert "unsloth" not in sys.modules  # the CPU path never imports it (it raises without a GPU)
-    assert rec["global_step"] == 2 and rec["samples"] == G * PPS and learner.samples_seen == 2 * G * PPS
+    assert rec["global_step"] == 2 and rec["rollouts"] == G * PPS and learner.samples_seen == 2 * G * PPS
+    assert rec["tokens"] == sum(len(e.completion_ids) for e in learner.last_episodes)  # no tool turns here
     assert rec["population"] == [h.id for h in learner.population]
-    assert rec["kl_probe"] > 0 and rec["kl"] >= 0
+    assert rec["kl"] > 0 and rec["kl_train"] >= 0
     assert abs(rec["reward"] - (rec["reward/h0"] + rec["reward/h1"]) / 2) < 1e-6
 
     # continual learning: a task switch is used by the very next step too
@@ -302,7 +308,7 @@ def test_full_finetune_with_kl(tiny_policy, pop, tmp_path):
         w0 = lr.trainer.model.model.layers[0].self_attn.q_proj.weight.detach().clone()
         rec = lr.step(1)[-1]
         assert not torch.equal(w0, lr.trainer.model.model.layers[0].self_attn.q_proj.weight)
-        assert rec["kl_probe"] > 0 and "kl" in rec
+        assert rec["kl"] > 0 and "kl_train" in rec
         base = lr.base_policy().model
         assert torch.equal(base.model.layers[0].self_attn.q_proj.weight, w0)
 
@@ -316,3 +322,134 @@ def test_gpu_step(tmp_path, harness_dir):  # pragma: no cover - needs CUDA
     pop = [_harness(harness_dir, "math", "You are A."), _harness(harness_dir, "math", "You are B.")]
     with SlowLearner(pol, ParityTask(), pop, _cfg(), output_dir=tmp_path / "gpu") as lr:
         assert lr.step(1)[0]["global_step"] == 1
+
+
+# ------------------------------------------------------------------ extension point: an extra loss term
+def _one_step(harness_dir, tmp_path, name, **kw):
+    """A fresh tiny learner (same seeds every time), one step -> (record, LoRA weights after)."""
+    from fst_lab.models import tiny_policy as make
+
+    pop = [_harness(harness_dir, "math", "You are A."), _harness(harness_dir, "math", "You are B.")]
+    hook_attr = kw.pop("hook_attr", "unset")
+    with SlowLearner(make(seed=0), ParityTask(), pop, _cfg(), output_dir=tmp_path / name, **kw) as lr:
+        if hook_attr != "unset":
+            lr.extra_loss = hook_attr
+        rec = lr.step(1)[-1]
+        return rec, _lora(lr)
+
+
+def test_extra_loss_none_is_trls_loss_bit_for_bit_and_a_term_is_added(harness_dir, tmp_path):
+    plain, w_plain = _one_step(harness_dir, tmp_path, "plain")
+    calls = []
+
+    def none_hook(model, inputs):
+        calls.append(sorted(inputs))
+        return None
+
+    nop, w_nop = _one_step(harness_dir, tmp_path, "none", extra_loss=none_hook)
+    nop_attr, w_nop_attr = _one_step(harness_dir, tmp_path, "none-attr", hook_attr=none_hook)
+    assert calls and "completion_ids" in calls[0]  # the hook saw TRL's micro-batch
+    assert plain["loss"] == nop["loss"] == nop_attr["loss"]
+    assert "extra_loss" not in nop
+    for k in w_plain:
+        assert torch.equal(w_plain[k], w_nop[k]) and torch.equal(w_plain[k], w_nop_attr[k]), k
+
+    def l2(model, inputs):  # a real term with a gradient: pulls LoRA A towards 0
+        return 10.0 * sum((p ** 2).sum() for n, p in model.named_parameters() if "lora_A" in n)
+
+    reg, w_reg = _one_step(harness_dir, tmp_path, "l2", extra_loss=l2)
+    assert reg["extra_loss"] >= 0.0 and reg["loss"] == pytest.approx(plain["loss"] + reg["extra_loss"], abs=1e-5)
+    assert any(not torch.equal(w_plain[k], w_reg[k]) for k in w_plain if "lora_A" in k)
+
+
+# ------------------------------------------------------------------ Ctrl-C during a step
+@dataclasses.dataclass
+class SignalingPolicy(Policy):
+    """The real generation, announced: sets ``started`` and waits until ``go`` before generating."""
+
+    started: Any = None
+    go: Any = None
+
+    def generate_text(self, prompts, **kw):
+        self.started.set()
+        self.go.wait(30)
+        return super().generate_text(prompts, **kw)
+
+
+def test_ctrl_c_during_generation_abandons_the_step_and_the_learner_carries_on(learner, tmp_path):
+    import _thread
+    import threading
+
+    from fst_lab.stepper import StepInterrupted
+
+    task = learner.task
+    started, go = threading.Event(), threading.Event()
+    real = learner._gen_policy
+    learner._gen_policy = SignalingPolicy(model=real.model, tokenizer=real.tokenizer, started=started, go=go)
+
+    def ctrl_c():  # Ctrl-C in the caller once the step is generating; generation resumes after it landed
+        started.wait(60)
+        _thread.interrupt_main()
+        learner._stepper._interrupt.wait(10)
+        go.set()
+
+    before = _lora(learner)
+    timer = threading.Thread(target=ctrl_c, daemon=True)
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(StepInterrupted) as info:
+        learner.step(2)
+    timer.join(10)
+    assert time.perf_counter() - t0 < 30
+    assert isinstance(info.value, KeyboardInterrupt) and not info.value.completed and info.value.records == []
+    assert learner.global_step == 0 and learner.samples_seen == 0 and not task.seen  # nothing scored or trained
+    assert all(torch.equal(before[k], v) for k, v in _lora(learner).items())
+
+    # the learner is parked and consistent: save, step (the abandoned step is redone), resume elsewhere
+    learner._gen_policy = real
+    learner.save_state(tmp_path / "after-interrupt")
+    rec = learner.step(1)[-1]
+    assert rec["global_step"] == 1 and learner.global_step == 1 and len(task.seen) == G * PPS
+    assert any(not torch.equal(before[k], v) for k, v in _lora(learner).items())
+
+
+def test_ctrl_c_then_close_does_not_hang(tiny_policy, pop, tmp_path):
+    import _thread
+    import threading
+
+    from fst_lab.stepper import StepInterrupted
+
+    lr = SlowLearner(tiny_policy, ParityTask(), pop, _cfg(), output_dir=tmp_path / "c")
+    started, go = threading.Event(), threading.Event()
+    real = lr._gen_policy
+    lr._gen_policy = SignalingPolicy(model=real.model, tokenizer=real.tokenizer, started=started, go=go)
+
+    def ctrl_c():
+        started.wait(60)
+        _thread.interrupt_main()
+        lr._stepper._interrupt.wait(10)
+        go.set()
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    with pytest.raises(StepInterrupted):
+        lr.step(1)
+    t0 = time.perf_counter()
+    lr.close()
+    assert time.perf_counter() - t0 < 10 and lr._stepper._thread is None
+    with pytest.raises(RuntimeError, match="not running"):
+        lr.step(1)
+
+
+def test_bf16_precision_trains_with_float32_master_weights(tiny_policy, pop, tmp_path):
+    """precision=bf16 on CPU: TRL's own bf16=True switch (autocast), float32 LoRA and optimizer state, and
+    the rollouts sample under the same autocast as the loss sees."""
+    with SlowLearner(tiny_policy, ParityTask(), pop, _cfg(precision="bf16", kl_probe_size=1),
+                     output_dir=tmp_path / "bf16") as lr:
+        assert lr.trainer.args.bf16 and lr._gen_policy.autocast == "bf16"
+        before = _lora(lr)
+        rec = lr.step(1)[-1]
+        assert all(v.dtype == torch.float32 for v in _lora(lr).values())
+        assert all(t.dtype == torch.float32 for s in lr.trainer.optimizer.state.values() for t in s.values()
+                   if torch.is_tensor(t) and t.is_floating_point())
+        assert any(not torch.equal(before[k], v) for k, v in _lora(lr).items())
+        assert math.isfinite(rec["loss"]) and rec["kl"] > 0

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
-
-if TYPE_CHECKING:  # pragma: no cover
-    from fst_lab.rollout import Trajectory
+from typing import Any, Callable, Protocol, runtime_checkable
 
 SPLITS = ("train", "val", "test")
 
@@ -54,6 +51,16 @@ class Score:
         yield self.feedback
 
 
+class TrajectoryView(Protocol):
+    """What a scorer may read of a rollout (``fst_lab.rollout.Trajectory`` provides it). Stated here so
+    tasks depend on nothing above them: rollout imports tasks, never the other way round."""
+
+    final_text: str
+    messages: list[dict]
+    tool_calls: list[dict]
+    truncated: bool
+
+
 @runtime_checkable
 class Task(Protocol):
     """What the fast and slow loops need from a task."""
@@ -62,7 +69,7 @@ class Task(Protocol):
 
     def examples(self, split: str, n: int | None = None) -> list[Example]: ...
 
-    def score(self, example: Example, trajectory: "Trajectory") -> Score: ...
+    def score(self, example: Example, trajectory: TrajectoryView) -> Score: ...
 
     def tool_impls(self) -> dict[str, Callable[..., str]]:
         """Python implementations for the tool names a harness may declare (may be empty)."""
