@@ -562,7 +562,8 @@ class DistillTerm:
         self.last_kl: float | None = None
         self.values: list[float] = []
 
-    def _student_prompts(self) -> dict[tuple, list[int]]:
+    def _rows(self) -> dict[tuple, tuple[list[int], list[int]]]:
+        """(prompt ids, completion ids) of this step's rollouts -> (student prompt ids, model-token mask)."""
         eps = getattr(self.learner, "last_episodes", None) or []
         trajs = getattr(self.learner, "last_trajectories", None) or []
         key = (id(eps), len(eps))
@@ -580,7 +581,10 @@ class DistillTerm:
                         continue
                 ex = self._by_id.get(t.example_id)
             if ex is not None:
-                out[tuple(ep.prompt_ids)] = prompt_ids(tok, self.student, ex)
+                # the episode's own mask (tool observations 0), not TRL's env_mask, which also zeroes the
+                # zero-variance groups RL drops: the distillation signal needs no reward variance
+                out[(tuple(ep.prompt_ids), tuple(ep.completion_ids))] = (prompt_ids(tok, self.student, ex),
+                                                                        list(ep.mask))
         self._key, self._map = key, out
         return out
 
@@ -589,28 +593,27 @@ class DistillTerm:
             return None
         import torch
 
-        table = self._student_prompts()
+        table = self._rows()
         pids, pmask = inputs["prompt_ids"], inputs["prompt_mask"]
         cids, cmask = inputs["completion_ids"], inputs["completion_mask"]
-        tmask = inputs.get("tool_mask")
-        mask_all = cmask if tmask is None else cmask * tmask
         total = None
         n_tok = 0
         kl_sum = 0.0
         for b in range(pids.shape[0]):
             prompt = pids[b][pmask[b].bool()].tolist()
-            student = table.get(tuple(prompt))
             length = int(cmask[b].sum())
-            mask = mask_all[b, :length]
-            if student is None or length == 0 or float(mask.sum()) == 0:
-                continue
             comp = cids[b, :length].tolist()
+            row = table.get((tuple(prompt), tuple(comp)))
+            if row is None or not sum(row[1]):
+                continue
+            student, mask_list = row
             with torch.no_grad():
                 t = completion_logits(model, prompt, comp)
             s = completion_logits(model, student, comp)
-            kl = (token_kl(s, t, self.support, self.top_k) * mask.to(s.dtype)).sum()
+            mask = torch.tensor(mask_list, dtype=s.dtype, device=s.device)
+            kl = (token_kl(s, t, self.support, self.top_k) * mask).sum()
             total = kl if total is None else total + kl
-            n_tok += int(mask.sum())
+            n_tok += int(sum(mask_list))
             kl_sum += float(kl.detach())
         if total is None:
             return None

@@ -211,3 +211,70 @@ def test_heldout_items_align_the_same_completion_in_both_contexts(task, seed, ev
     # the same weights reading the same context: zero KL
     same = [type(items[0])(it.student_prompt, it.student_prompt, it.completion, it.mask) for it in items]
     assert mean_kl(pol.model, pol.model, same) == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- RL + distillation
+class _ParityTask:
+    """Reward = parity of the completion's characters: reward variance in every group, so RL has a loss."""
+
+    name = "parity"
+
+    def examples(self, split, n=None):
+        from fst_lab.tasks import Example
+
+        exs = [Example(id=f"{split}-{i}", inputs={"question": f"What is {i} + {i}?"}, answer=str(2 * i))
+               for i in range(6)]
+        return exs[:n] if n else exs
+
+    def score(self, example, traj):
+        from fst_lab.tasks import Score
+
+        return Score(float(sum(map(ord, traj.final_text)) % 2), "parity")
+
+    def tool_impls(self):
+        return {}
+
+
+def _rl_run(seed_h, evolved, tmp_path, name, coef=None, steps=2):
+    from fst_lab.consolidate import DistillTerm
+    from fst_lab.models import tiny_policy
+    from fst_lab.slow import SlowConfig, SlowLearner
+
+    cfg = SlowConfig(num_generations=4, population_size=2, prompts_per_step=2, max_completion_length=6,
+                     warmup_steps=0, learning_rate=1e-2, kl_probe_size=0, seed=0)
+    torch.manual_seed(0)
+    learner = SlowLearner(tiny_policy(seed=0), _ParityTask(), [evolved, seed_h], cfg, output_dir=tmp_path / name)
+    term = None
+    if coef is not None:
+        term = DistillTerm(learner, minimal_harness(seed_h, "short"), coef)
+        learner.extra_loss = term
+    with learner:
+        recs = learner.step(steps)
+        weights = {k: v.detach().clone() for k, v in learner.trainer.model.named_parameters() if "lora" in k}
+    return recs, weights, term
+
+
+def test_rl_plus_distillation_lambda_zero_is_the_slow_loop_bit_for_bit(seed, evolved, tmp_path):
+    plain, w_plain, _ = _rl_run(seed, evolved, tmp_path, "plain")
+    zero, w_zero, term0 = _rl_run(seed, evolved, tmp_path, "zero", coef=0.0)
+    assert [r["loss"] for r in zero] == [r["loss"] for r in plain]
+    assert all(torch.equal(w_plain[k], w_zero[k]) for k in w_plain)
+    assert not term0.values and all("extra_loss" not in r for r in zero)
+    # lambda > 0: the distillation term is computed on the RL rollouts and changes the update
+    dist, w_dist, term = _rl_run(seed, evolved, tmp_path, "dist", coef=1.0)
+    assert term.values and all(v > 0 for v in term.values), "no row was matched to its problem"
+    assert all(r.get("extra_loss", 0) > 0 for r in dist)
+    assert any(not torch.equal(w_plain[k], w_dist[k]) for k in w_plain)
+
+
+# ---------------------------------------------------------------------------- benchmark smoke
+def test_benchmark_smoke_runs_end_to_end(tmp_path):
+    from benchmarks import bench_consolidate as bench
+
+    res = bench.main(["--smoke", "--out", str(tmp_path)])
+    row = res["runs"][0]
+    assert set(row["reward"]) == {f"{w}+{h}" for w in bench.WEIGHTS for h in bench.HARNESSES}
+    assert row["prompt_tokens"]["minimal"] < row["prompt_tokens"]["seed"] < row["prompt_tokens"]["evolved"]
+    assert row["tokens_saved_per_query"] > 0 and row["heldout_kl_before"] >= 0
+    assert (tmp_path / "consolidate.json").exists()
+    assert "share of the harness gain kept" in bench.markdown(res)

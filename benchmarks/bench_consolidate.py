@@ -1,0 +1,229 @@
+"""Consolidation: how much of the harness's gain do the weights keep once the harness is gone?
+
+    python -m benchmarks.bench_consolidate --runs runs/demo-A,runs/demo-B     # consolidate finished FST runs
+    python -m benchmarks.bench_consolidate --make-runs 0,1,2 --task math       # make demo-sized FST runs first
+    python -m benchmarks.bench_consolidate --smoke                             # CI: tiny model, 2 problems
+
+For each FST run (an evolved population and trained weights in its run directory):
+
+1. **consolidated weights**: the trained weights, then ``--steps`` consolidation steps
+   (:class:`fst_lab.consolidate.Consolidator`: on-policy reverse KL to the trained policy under the best
+   evolved harness, student under the minimal harness ``--student``, fresh LoRA on the merged trained
+   weights, frozen teacher snapshot);
+2. **the channel ablation** {base, trained, consolidated} x {minimal, seed, evolved}: mean reward on
+   ``--eval-size`` validation problems (greedy), plus prompt tokens per query for each harness;
+3. **share of the harness's gain kept without it** = (consolidated+minimal - base+minimal) /
+   (base+evolved - base+minimal), the evolved harness's reward before (trained) and after
+   (consolidated), and the held-out per-token KL of the student to the teacher before/after.
+
+Writes ``benchmarks/results/consolidate.json`` (smoke: ``test-artifacts/bench-smoke/``) after every run,
+with the load average next to every figure, and prints the markdown section (:func:`markdown`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+warnings.filterwarnings("ignore", category=FutureWarning)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import fmt, loadavg, new_result, parse_args, save_result, table  # noqa: E402
+
+NAME = "consolidate"
+MODULE = "benchmarks.bench_consolidate"
+WEIGHTS = ("base", "trained", "consolidated")
+HARNESSES = ("minimal", "seed", "evolved")
+
+
+# ---------------------------------------------------------------------------- loading a finished run
+def load_run_parts(run_dir: str | Path):
+    """(config dict, task, seed harness, best evolved harness, base policy, trained policy) of a run."""
+    from fst_lab.models import load_policy
+    from fst_lab.runs import load_run
+    from fst_lab.tasks import get_task
+
+    view = load_run(run_dir)
+    cfg = view.config
+    seed = view.seed_harness()
+    pop = view.population()
+    scores = view.state.get("population_scores", {}) or {}
+    from fst_lab.consolidate import evolved_teachers
+
+    best = evolved_teachers(pop, seed, "best", scores)[0]
+    task = get_task(cfg.get("task", "math"), level=int(cfg.get("level", 1)), seed=int(cfg.get("seed", 0)))
+    base = load_policy(cfg.get("model"))
+    trained = load_policy(cfg.get("model"))
+    ck = view.latest_checkpoint()
+    if ck is None:
+        raise SystemExit(f"{run_dir}: no checkpoint: the run has no trained weights")
+    if (ck / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        trained.model = PeftModel.from_pretrained(trained.model, str(ck)).merge_and_unload()
+    else:
+        from safetensors.torch import load_file
+
+        trained.model.load_state_dict(load_file(str(ck / "model.safetensors")), strict=False)
+        trained.model.tie_weights()
+    return cfg, task, seed, best, base, trained
+
+
+def make_run(seed: int, task: str, runs_root: Path) -> Path:
+    """A demo-sized FST run (same settings as ``fst-lab demo``) with ``seed``."""
+    from fst_lab.config import FSTConfig
+    from fst_lab.session import Session
+
+    cfg = FSTConfig(
+        mode="fst", task=task, level=1, cycles=2, steps_per_cycle=2, population_size=2, num_generations=4,
+        prompts_per_step=2, fast_train_size=4, fast_val_size=4, eval_size=16, max_new_tokens=64, seed=seed,
+        fast={"budget_passes": 3, "reflection_max_tokens": 192},
+        slow={"learning_rate": 1e-4, "warmup_steps": 0}, runs_root=str(runs_root),
+        run_name=f"consolidate-{task}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    with Session(cfg, progress=False) as s:
+        s.run()
+        return s.run_dir
+
+
+# ---------------------------------------------------------------------------- the measurement
+def grid(policies: dict, harnesses: dict, task, examples, max_new_tokens: int) -> dict:
+    """Mean reward (greedy) of every weights x harness cell, and prompt tokens per query per harness."""
+    from fst_lab.consolidate import prompt_ids
+    from fst_lab.rollout import rollout
+
+    out: dict = {"reward": {}, "prompt_tokens": {}, "load": {}}
+    tok = next(iter(policies.values())).tokenizer
+    for hn, h in harnesses.items():
+        out["prompt_tokens"][hn] = statistics.fmean(len(prompt_ids(tok, h, ex)) for ex in examples)
+    for wn, pol in policies.items():
+        for hn, h in harnesses.items():
+            trajs = rollout(pol, h, examples, task, n_samples=1, temperature=0.0, max_new_tokens=max_new_tokens,
+                            seed=0)
+            out["reward"][f"{wn}+{hn}"] = statistics.fmean(t.reward for t in trajs)
+            out["load"][f"{wn}+{hn}"] = loadavg()
+    return out
+
+
+def measure(label: str, task, seed, evolved, base, trained, *, student: str, steps: int, eval_size: int,
+            max_new_tokens: int, ccfg: dict) -> dict:
+    """Consolidate ``trained`` (a copy) and run the 3x3 ablation; one result row."""
+    from fst_lab.consolidate import ConsolidateConfig, Consolidator, minimal_harness
+
+    t0 = time.time()
+    minimal = minimal_harness(seed, student)
+    cpol = copy.deepcopy(trained)
+    cfg = ConsolidateConfig(student=student, max_new_tokens=max_new_tokens, **ccfg)
+    c = Consolidator(cpol, task, [evolved], minimal, cfg)
+    kl_before = c.heldout_kl()
+    recs = c.step(steps)
+    kl_after = c.heldout_kl()
+    t_cons = time.time() - t0
+    exs = task.examples("val", eval_size)
+    g = grid({"base": base, "trained": trained, "consolidated": c.policy},
+             {"minimal": minimal, "seed": seed, "evolved": evolved}, task, exs, max_new_tokens)
+    r = g["reward"]
+    gain = r["base+evolved"] - r["base+minimal"]
+    kept = (r["consolidated+minimal"] - r["base+minimal"]) / gain if abs(gain) > 1e-12 else None
+    return {"run": label, "student": student, "steps": steps, "consolidate_config": cfg.to_dict(),
+            "teacher": evolved.id, "minimal": minimal.id, "seed_harness": seed.id, "eval_size": len(exs),
+            **g, "share_kept": kept, "harness_gain": gain,
+            "tokens_saved_per_query": g["prompt_tokens"]["evolved"] - g["prompt_tokens"]["minimal"],
+            "evolved_before": r["trained+evolved"], "evolved_after": r["consolidated+evolved"],
+            "heldout_kl_before": kl_before, "heldout_kl_after": kl_after,
+            "train_kl": [x.get("kl_teacher") for x in recs], "student_reward": [x.get("reward") for x in recs],
+            "consolidate_seconds": t_cons, "seconds": time.time() - t0, "load_end": loadavg()}
+
+
+# ---------------------------------------------------------------------------- report
+def markdown(res: dict) -> str:
+    """The doc section: per-run 3x3 tables, prompt tokens, share kept, before/after."""
+    rows = res.get("runs", [])
+    lines = ["## Consolidation (distilling the evolved harness into the weights)", "",
+             f"Command: `{res.get('command', '')}`" + (" (smoke)" if res.get("smoke") else ""), ""]
+    if not rows:
+        return "\n".join(lines + ["(no runs yet)"])
+    summary = []
+    for r in rows:
+        summary.append({"run": r["run"], "student": r["student"], "steps": r["steps"],
+                        "base+min": r["reward"]["base+minimal"], "base+evolved": r["reward"]["base+evolved"],
+                        "cons+min": r["reward"]["consolidated+minimal"], "share kept": r["share_kept"],
+                        "evolved before": r["evolved_before"], "evolved after": r["evolved_after"],
+                        "KL before": r["heldout_kl_before"], "KL after": r["heldout_kl_after"],
+                        "tokens saved/query": r["tokens_saved_per_query"], "load": (r.get("load_end") or ["?"])[0]})
+    lines += [table(summary), ""]
+    for r in rows:
+        lines += [f"### {r['run']} (student `{r['student']}`, {r['steps']} steps, {r['eval_size']} val problems, "
+                  f"greedy)", ""]
+        cells = [{"weights": w, **{h: r["reward"][f"{w}+{h}"] for h in HARNESSES}} for w in WEIGHTS]
+        cells.append({"weights": "prompt tokens/query", **{h: r["prompt_tokens"][h] for h in HARNESSES}})
+        lines += [table(cells, ["weights", *HARNESSES]), "",
+                  f"share of the harness gain kept without it: {fmt(r['share_kept'])} (gain {fmt(r['harness_gain'])}); "
+                  f"held-out student->teacher KL {fmt(r['heldout_kl_before'])} -> {fmt(r['heldout_kl_after'])}; "
+                  f"consolidation {r['consolidate_seconds']:.0f} s, load {r.get('load_end')}", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    def extra(p):
+        p.add_argument("--runs", default="", help="comma-separated finished FST run directories")
+        p.add_argument("--make-runs", default="", help="comma-separated seeds: make demo-sized FST runs first")
+        p.add_argument("--task", default="math")
+        p.add_argument("--runs-root", default="runs")
+        p.add_argument("--student", default="short", choices=["none", "seed", "short"])
+        p.add_argument("--steps", type=int, default=8)
+        p.add_argument("--eval-size", type=int, default=16)
+        p.add_argument("--max-new-tokens", type=int, default=64)
+        p.add_argument("--lr", type=float, default=3e-4)
+        p.add_argument("--prompts-per-step", type=int, default=4)
+        p.add_argument("--samples-per-prompt", type=int, default=2)
+
+    args = parse_args(__doc__.splitlines()[0], argv, extra)
+    res = new_result(NAME, MODULE, argv, smoke=args.smoke, runs=[])
+    ccfg = {"learning_rate": args.lr, "prompts_per_step": args.prompts_per_step,
+            "samples_per_prompt": args.samples_per_prompt, "eval_size": min(8, args.eval_size)}
+    if args.smoke:
+        res["runs"].append(_smoke_row(ccfg))
+    else:
+        runs = [r for r in args.runs.split(",") if r]
+        for s in [int(x) for x in args.make_runs.split(",") if x]:
+            runs.append(str(make_run(s, args.task, Path(args.runs_root))))
+        for run in runs:
+            cfg, task, seed, best, base, trained = load_run_parts(run)
+            row = measure(Path(run).name, task, seed, best, base, trained, student=args.student,
+                          steps=args.steps, eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, ccfg=ccfg)
+            row["task"] = cfg.get("task")
+            res["runs"].append(row)
+            save_result(args.out, NAME, res)
+    res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    save_result(args.out, NAME, res)
+    print(markdown(res))
+    return res
+
+
+def _smoke_row(ccfg: dict) -> dict:
+    """Tiny random Llama as base; 'trained' = a copy; a hand-made 'evolved' harness: the pipeline only."""
+    from fst_lab.harness import Harness, load_named
+    from fst_lab.models import tiny_policy
+    from fst_lab.tasks import get_task
+
+    task = get_task("math", level=1, seed=0)
+    seed = load_named("math")
+    d = seed.to_dict(with_lineage=False)
+    d["system_prompt"] = seed.system_prompt + "\nCheck each step before answering."
+    d["lineage"] = {"parents": [seed.id], "origin": "gepa", "round": 1}
+    evolved = Harness.from_dict(d)
+    base = tiny_policy(seed=0)
+    trained = copy.deepcopy(base)
+    ccfg = {**ccfg, "prompts_per_step": 2, "samples_per_prompt": 1, "eval_size": 2, "lora_r": 4}
+    return measure("smoke", task, seed, evolved, base, trained, student="short", steps=1, eval_size=2,
+                   max_new_tokens=4, ccfg=ccfg)
+
+
+if __name__ == "__main__":
+    main()
