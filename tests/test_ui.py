@@ -71,7 +71,9 @@ def test_slow_click_runs_a_step_and_refreshes_the_plot(dash):
     assert not dash.slow_button.disabled and dash.stop_button.disabled  # re-enabled after the work
     assert "RL step 1" in dash.status.value or f"RL step {step + 1}" in dash.status.value
     # the step's rollouts are browsable
-    assert any(o.startswith("slow_") for o in dash.rollout_source.options)
+    assert any(v.startswith("slow_") for _, v in dash.rollout_source.options)
+    assert dash.rollout_source.options[0][0].startswith("RL step")  # newest first, named in words
+    assert "stop" not in dash.stop_button.button_style and "danger" not in dash.stop_button.button_style
 
 
 def test_fast_click_runs_a_gepa_round_and_refreshes_population(dash):
@@ -111,16 +113,16 @@ def test_invalid_tools_json_shows_error_and_changes_nothing(dash):
 
 def test_apply_valid_edit_creates_manual_node_and_shows_diff(dash):
     s = dash.session
-    old = dash._editor_harness
+    old = dash.editor.harness
     dash.editor_boxes["system_prompt"].value = "Look every entity up with search. End with 'Answer: SUPPORTED'."
     new = dash.apply_edit()
     assert new is not None and new.lineage.origin == "manual" and list(new.lineage.parents) == [old.id]
     assert new.id in [h.id for h in s.population] and old.id not in [h.id for h in s.population]
     assert any(r["id"] == new.id and r["origin"] == "manual" for r in s.lineage())
-    assert "Look every entity up with search" in dash.diff_view.value and "'>+" in dash.diff_view.value
+    assert "Look every entity up with search" in dash.diff_view.value and '">+' in dash.diff_view.value
     assert "applied" in dash.editor_message.value
     assert new.id in dash.population_view.value and "manual" in dash.lineage_view.value
-    assert dash._editor_harness.id == new.id  # the editor now shows the new node
+    assert dash.editor.harness.id == new.id  # the editor now shows the new node
     edits = [json.loads(l) for l in (s.run_dir / "events.jsonl").read_text().splitlines() if '"edit"' in l]
     assert edits and edits[-1]["id"] == new.id
     # an unchanged editor applies nothing
@@ -129,7 +131,7 @@ def test_apply_valid_edit_creates_manual_node_and_shows_diff(dash):
 
 def test_apply_tools_json_change_edits_the_tool_list(dash):
     s = dash.session
-    old = dash._editor_harness
+    old = dash.editor.harness
     tools = json.loads(dash.tools_json.value)
     tools[0]["function"]["parameters"]["properties"]["query"]["description"] = "Exact entity name, e.g. 'Talwick'."
     dash.tools_json.value = json.dumps(tools, indent=2)
@@ -144,7 +146,7 @@ def test_apply_tools_json_change_edits_the_tool_list(dash):
 
 def test_slow_step_after_a_manual_edit_uses_it(dash):
     s = dash.session
-    edited = dash._editor_harness
+    edited = dash.editor.harness
     dash.slow_button.click()
     assert dash.wait(timeout=300) and dash.last_error is None, dash.last_error
     assert edited.id in s.metrics[-1]["population"]
@@ -174,7 +176,9 @@ def test_evaluate_fills_the_rollout_browser(dash):
     assert dash.rollout_source.value == "last evaluate() (in memory)"
     assert len(dash.rollout_pick.options) == len(dash.session.last_trajectories) > 0
     assert "reward" in dash.rollout_view.value and "feedback" in dash.rollout_view.value
-    src = next(o for o in dash.rollout_source.options if o.startswith("slow_"))
+    labels = dict(dash.rollout_source.options)  # sources are named in words, newest first
+    src = next(v for label, v in dash.rollout_source.options if label.startswith("RL step"))
+    assert "slow_" not in "".join(labels)
     dash.rollout_source.value = src
     assert "example" in dash.rollout_view.value
 
@@ -238,3 +242,91 @@ def test_progress_png_handles_every_record_kind():
     assert per_harness_rewards(recs[:1])[1] == {"a": [(1, 0.5)], "b": [(1, 0.25)]}
     assert progress_png(recs, {"a": 0.5, "b": 0.25}, {"a": "gepa", "b": "manual"})[:4] == b"\x89PNG"
     assert progress_png([])[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------- truthful state (issues 15/16)
+def test_dashboard_reports_busy_while_a_cell_steps_the_session(dash):
+    """A notebook cell calling session.slow_step() (here: a plain thread, as the kernel would) makes the
+    dashboard say what runs and disables its work buttons; afterwards it is idle again."""
+    import threading
+    import time
+
+    s = dash.session
+    cell = threading.Thread(target=lambda: s.slow_step(1))
+    cell.start()
+    seen_busy = seen_disabled = False
+    deadline = time.time() + 120
+    while cell.is_alive() and time.time() < deadline:
+        if "slow step" in dash.status.value and "idle" not in dash.status.value:
+            seen_busy = True
+        if dash.slow_button.disabled and dash.fast_button.disabled and not dash.stop_button.disabled:
+            seen_disabled = True
+        time.sleep(0.05)
+    cell.join()
+    assert seen_busy, dash.status.value
+    assert seen_disabled
+    time.sleep(dash.status_interval * 3)
+    assert "idle" in dash.status.value and not dash.slow_button.disabled and dash.stop_button.disabled
+
+
+def test_progress_text_follows_the_step(dash):
+    """The runner turns progress events into the status line while the step runs."""
+    import time
+
+    texts = []
+    dash.fast_button.click()
+    while dash.busy:
+        v = dash.status.value
+        if "GEPA metric calls" in v or "rollouts" in v:
+            if not texts or texts[-1] != v:
+                texts.append(v)
+        time.sleep(0.02)
+    assert dash.wait(timeout=300) and dash.last_error is None, dash.last_error
+    assert len(texts) >= 2, texts
+
+
+def test_saved_output_has_a_static_rendering(dash):
+    bundle = dash._repr_mimebundle_()
+    html = bundle["text/html"]
+    assert "fst-dashboard-snapshot" in html and "data:image/png;base64," in html and "<table" in html
+    assert "VBox(" not in bundle["text/plain"]
+    snap = dash.snapshot()
+    assert "fst-dashboard-snapshot" in snap.data
+
+
+def test_plot_gives_two_harnesses_of_one_origin_different_colours():
+    from matplotlib.colors import to_hex
+
+    from fst_lab.ui.plots import progress_figure
+
+    recs = [{"kind": "slow", "rl_step": i, "samples_rl": 8 * i, "samples_fast": 0, "rollouts": 8, "reward": 0.5,
+             "reward_by_harness": {"boot1": 0.25 * i, "boot2": 0.5}} for i in (1, 2, 3)]
+    fig = progress_figure(recs, {"boot1": 0.5, "boot2": 0.0}, {"boot1": "bootstrap", "boot2": "bootstrap"})
+    per_harness = fig.axes[2]
+    colors = {line.get_label(): to_hex(line.get_color()) for line in per_harness.get_lines()}
+    assert len(colors) == 2 and len(set(colors.values())) == 2, colors
+    # integer ticks on the RL-step axis, and a bar for a score of 0 is labelled, not empty
+    assert all(float(t).is_integer() for t in per_harness.get_xticks())
+    assert any(t.get_text() == "0.000" for t in fig.axes[3].texts)
+    # legible fonts
+    assert min(t.get_fontsize() for t in per_harness.get_xticklabels()) >= 9
+
+
+def test_reward_vs_samples_train_points_have_increasing_x():
+    from fst_lab.ui.plots import curve_figures
+
+    recs = [{"kind": "slow", "rl_step": i, "samples_rl": 8 * i, "samples_fast": 4, "samples": 8 * i + 4,
+             "rollouts": 8, "reward": 0.1 * i} for i in (1, 2, 3, 4)]
+    fig, _ = curve_figures(recs)
+    train = next(line for line in fig.axes[0].get_lines() if line.get_label().startswith("train"))
+    xs = list(train.get_xdata())
+    assert xs == sorted(xs) and len(set(xs)) == len(xs)
+
+
+def test_result_summary_states_the_result():
+    recs = [{"kind": "eval", "reward": 0.375, "samples": 0}, {"kind": "eval", "reward": 0.5625, "samples": 40},
+            {"kind": "ablation", "base_weights+seed_harness": 0.375, "base_weights+evolved_harness": 0.5625,
+             "trained_weights+seed_harness": 0.4375, "trained_weights+evolved_harness": 0.5625}]
+    line = render.result_summary(recs)
+    assert "validation 0.375 → 0.562" in line
+    assert "base+seed 0.375" in line and "trained+evolved 0.562" in line

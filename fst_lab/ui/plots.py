@@ -1,123 +1,271 @@
-"""The dashboard's four live plots, drawn from metric records into PNG bytes.
+"""Every plot fst_lab draws, from metric records: the dashboard, the app, `fst-lab compare`, benchmarks.
 
-Pure functions over the records of ``metrics.jsonl`` (what ``Session.metrics`` and
-``load_run(...).metrics`` hold). They use matplotlib's object API on an Agg canvas, never
-``pyplot``'s global state, so a worker thread can redraw while the notebook runs other cells.
+One module so a curve looks the same wherever it is shown (live in the notebook, in the browser, or
+as a PNG next to a benchmark): the same colours, markers, names and fonts. Pure functions over the
+records of ``metrics.jsonl`` (read through :mod:`fst_lab.records`), drawn with matplotlib's object
+API on an Agg canvas, never ``pyplot``'s global state, so a worker thread can redraw while the
+notebook runs other cells. No ipywidgets or Gradio imports.
 
-    >>> png = progress_png(session.metrics, session.population_scores, origins)
-    >>> fig = progress_figure(load_run("runs/demo").metrics)      # a Figure for a notebook cell
+    >>> png = progress_png(session.metrics, session.population_scores, origins)  # the dashboard's 2x2
+    >>> reward_fig, kl_fig = curve_figures(load_run("runs/demo").metrics)       # the app's two plots
+    >>> compare_pngs({"fst": run_a.metrics, "rl": run_b.metrics}, "runs/compare")  # fst-lab compare
+
+Conventions: one colour per harness (tab10, in order of first appearance) with its origin as the
+marker (seed ●, bootstrap ▲, gepa ■, merge ◆, manual ✚); training points are small dots with a thin
+line, validation points are large hollow markers, always with a legend; step/round axes and colour
+bars have integer ticks; the KL is ``kl`` (per-token KL of the policy to its start weights on the
+probe set) and is named the same everywhere (:data:`fst_lab.records.LABELS`).
 """
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Mapping, Sequence
 
-from fst_lab.runs import running_max
+from fst_lab import records as R
 
-ORIGIN_COLORS = {"seed": "#7f7f7f", "gepa": "#1f77b4", "bootstrap": "#2ca02c", "manual": "#ff7f0e",
-                 "merge": "#9467bd"}
-# Keys a slow-step record may use for {harness id: mean reward of its rollouts}.
-PER_HARNESS_KEYS = ("reward_by_harness", "harness_rewards", "per_harness_reward", "rewards_by_harness")
-
-
-def _of(records: Sequence[dict], kind: str, *keys: str) -> list[dict]:
-    return [r for r in records if r.get("kind") == kind and all(r.get(k) is not None for k in keys)]
-
-
-def _kl(r: dict) -> float | None:
-    """A slow step's KL to the start weights: TRL's on the step's tokens, else the fixed probe's."""
-    v = r.get("kl") if r.get("kl") is not None else r.get("kl_probe")
-    return float(v) if isinstance(v, (int, float)) else None
+ORIGIN_COLORS = {"seed": "#7f7f7f", "gepa": "#1f77b4", "reflect": "#1f77b4", "bootstrap": "#2ca02c",
+                 "manual": "#ff7f0e", "merge": "#9467bd"}  # used for origin *labels* in tables; plot lines use harness_colors()
+ORIGIN_MARKERS = {"seed": "o", "bootstrap": "^", "gepa": "s", "reflect": "s", "merge": "D", "manual": "P", "consolidated": "*"}
+TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+         "#17becf"]
+TRAIN_COLOR, VAL_COLOR, GEPA_COLOR = "#1f77b4", "#d62728", "#2ca02c"
+FONT = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
+        "legend.fontsize": 9}
+KL_LABEL = R.LABELS["kl"]
+SAMPLES_LABEL = R.LABELS["samples"]
 
 
-def per_harness_rewards(records: Sequence[dict]) -> tuple[str, dict[str, list[tuple[float, float]]]]:
-    """(x label, {harness id: [(x, reward)]}) from slow steps if they report it, else fast rounds' scores."""
+def _figure(w: float, h: float, dpi: int = 100):
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(w, h), dpi=dpi)
+    return fig
+
+
+def _fonts(ax) -> None:
+    """Legible fonts on an axes (rc_context does not reach axes created later, so set them here)."""
+    ax.title.set_fontsize(FONT["axes.titlesize"])
+    ax.xaxis.label.set_fontsize(FONT["axes.labelsize"])
+    ax.yaxis.label.set_fontsize(FONT["axes.labelsize"])
+    ax.tick_params(labelsize=FONT["xtick.labelsize"])
+
+
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _empty(ax, text: str = "no data yet") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#888", fontsize=11)
+
+
+def harness_colors(ids: Sequence[str]) -> dict[str, str]:
+    """One colour per harness id, in the given order (tab10, cycling)."""
+    out: dict[str, str] = {}
+    for hid in ids:
+        if hid not in out:
+            out[hid] = TAB10[len(out) % len(TAB10)]
+    return out
+
+
+def harness_label(hid: str, origins: Mapping[str, str] | None) -> str:
+    origin = (origins or {}).get(hid)
+    return f"{hid[:8]} ({origin})" if origin else hid[:8]
+
+
+# ---------------------------------------------------------------------------- panels (one axes each)
+def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None, name: str = "") -> bool:
+    """Training reward per RL step, validation running max, GEPA's best on its own window, vs samples."""
+    recs = R.normalize_all(recs)
+    prefix = f"{name}: " if name else ""
+    drew = False
+    xs, ys = R.series(recs, R.SLOW, "reward")
+    if xs:
+        ax.plot(xs, ys, ".-", lw=1, ms=5, alpha=0.55, color=color or TRAIN_COLOR, label=f"{prefix}train (RL step)")
+        drew = True
+    xs, ys = R.series(recs, R.EVAL, "reward")
+    if xs:
+        pts = sorted(zip(xs, ys))
+        ax.plot([p[0] for p in pts], R.running_max([p[1] for p in pts]), "o-", lw=2, ms=7, mfc="white",
+                color=color or VAL_COLOR, label=f"{prefix}validation (running max)")
+        drew = True
+    xs, ys = R.series(recs, R.FAST, "best_val")
+    if xs:
+        ax.plot(xs, ys, "s", ms=7, mfc="none", mew=1.5, color=color or GEPA_COLOR,
+                label=f"{prefix}{R.LABELS['best_val']}")
+        drew = True
+    ax.set(title="Reward vs samples", xlabel=SAMPLES_LABEL, ylabel="reward", ylim=(-0.05, 1.05))
+    return drew
+
+
+def draw_kl_vs_reward(ax, recs: Sequence[dict], *, color: str | None = None, name: str = "", colorbar: bool = True,
+                      fig=None) -> bool:
+    """KL to the start weights vs reward: training (RL steps, coloured by step) and validation points."""
+    recs = R.normalize_all(recs)
+    prefix = f"{name}: " if name else ""
+    drew = False
+    slow = [r for r in R.of_kind(recs, R.SLOW) if r.get("kl") is not None and r.get("reward") is not None]
+    if slow:
+        steps = [r.get("rl_step", 0) for r in slow]
+        if color is None:
+            sc = ax.scatter([r["kl"] for r in slow], [r["reward"] for r in slow], c=steps, cmap="viridis", s=28,
+                            label=f"{prefix}train (RL steps)")
+            if colorbar and fig is not None:
+                cb = fig.colorbar(sc, ax=ax, label="RL step")
+                _integer_ticks(cb.ax.yaxis)
+                if len(set(steps)) == 1:
+                    cb.set_ticks([steps[0]])
+        else:
+            ax.scatter([r["kl"] for r in slow], [r["reward"] for r in slow], color=color, s=20, alpha=0.6,
+                       label=f"{prefix}train (RL steps)")
+        drew = True
+    ev = [r for r in R.of_kind(recs, R.EVAL) if r.get("kl") is not None and r.get("reward") is not None]
+    if ev:
+        ax.scatter([r["kl"] for r in ev], [r["reward"] for r in ev], marker="^", s=70, facecolors="none",
+                   edgecolors=color or VAL_COLOR, linewidths=1.8, label=f"{prefix}validation")
+        drew = True
+    ax.set(title="KL vs reward", xlabel=KL_LABEL, ylabel="reward", ylim=(-0.05, 1.05))
+    return drew
+
+
+def per_harness_rewards(recs: Sequence[dict]) -> tuple[str, dict[str, list[tuple[float, float]]]]:
+    """(x label, {harness id: [(x, reward)]}): slow steps' ``reward_by_harness`` if recorded, else the
+    fast rounds' GEPA validation scores."""
+    recs = R.normalize_all(recs)
     out: dict[str, list[tuple[float, float]]] = {}
-    for r in _of(records, "slow"):
-        for key in PER_HARNESS_KEYS:
-            if isinstance(r.get(key), dict):
-                for hid, v in r[key].items():
-                    if isinstance(v, (int, float)):
-                        out.setdefault(hid, []).append((r.get("rl_step", 0), float(v)))
-                break
+    for r in R.of_kind(recs, R.SLOW):
+        by = r.get("reward_by_harness")
+        if isinstance(by, dict):
+            for hid, v in by.items():
+                if isinstance(v, (int, float)):
+                    out.setdefault(hid, []).append((r.get("rl_step", 0), float(v)))
     if out:
         return "RL step", out
-    for r in _of(records, "fast"):
+    for r in R.of_kind(recs, R.FAST):
         scores = r.get("val_scores")
         if isinstance(scores, dict):
             for hid, v in scores.items():
                 if isinstance(v, (int, float)):
-                    out.setdefault(hid, []).append((r.get("round", 0), float(v)))
-    return "fast round (GEPA val score)", out
+                    out.setdefault(hid, []).append((r.get("fast_round", r.get("round", 0)), float(v)))
+    return "fast round (GEPA validation score)", out
 
 
-def progress_figure(records: Sequence[dict], population_scores: Mapping[str, float] | None = None,
+def draw_per_harness(ax, recs: Sequence[dict], origins: Mapping[str, str] | None = None,
+                     colors: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Reward per harness: one colour per harness, its origin as the marker. Returns {id: colour}."""
+    xlabel, series = per_harness_rewards(recs)
+    colors = dict(colors or harness_colors(list(series)))
+    for hid, pts in series.items():
+        pts = sorted(pts)
+        colors.setdefault(hid, TAB10[len(colors) % len(TAB10)])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", lw=1.5, color=colors[hid],
+                marker=ORIGIN_MARKERS.get((origins or {}).get(hid, ""), "o"), ms=7, label=harness_label(hid, origins))
+    ax.set(title="Reward per harness", xlabel=xlabel, ylabel="reward", ylim=(-0.05, 1.05))
+    _integer_ticks(ax.xaxis)
+    if 0 < len(series) <= 10:
+        ax.legend(loc="best")
+    return {h: colors[h] for h in series}
+
+
+def draw_population(ax, scores: Mapping[str, float | None], origins: Mapping[str, str] | None = None,
+                    colors: Mapping[str, str] | None = None) -> bool:
+    """The current population's GEPA validation scores (bar per harness, value written beside it, so a
+    score of 0 still shows; "not evaluated" for a harness without a score)."""
+    ids = list(scores)
+    ax.set(title="Population scores (GEPA validation)", xlabel="score", xlim=(0, 1.15))
+    if not ids:
+        return False
+    colors = dict(colors or {})
+    colors.update({h: c for h, c in harness_colors(ids).items() if h not in colors})
+    vals = [scores[h] for h in ids]
+    ax.barh(range(len(ids)), [v if isinstance(v, (int, float)) else 0.0 for v in vals],
+            color=[colors[h] for h in ids], height=0.6)
+    for i, v in enumerate(vals):
+        text = f"{v:.3f}" if isinstance(v, (int, float)) else "not evaluated"
+        ax.text((v if isinstance(v, (int, float)) else 0.0) + 0.02, i, text, va="center", fontsize=10)
+    ax.set_yticks(range(len(ids)), [harness_label(h, origins) for h in ids])
+    ax.invert_yaxis()
+    return True
+
+
+# ---------------------------------------------------------------------------- whole figures
+def progress_figure(records: Sequence[dict], population_scores: Mapping[str, float | None] | None = None,
                     origins: Mapping[str, str] | None = None, *, title: str = ""):
-    """A 2x2 Figure: reward vs samples, KL vs reward, per-harness reward, current population scores."""
-    from matplotlib.figure import Figure
-
-    records = list(records)
-    fig = Figure(figsize=(10, 6.4), dpi=80)
+    """The dashboard's 2x2 Figure: reward vs samples, KL vs reward, reward per harness, population."""
+    recs = R.normalize_all(records)
+    fig = _figure(11, 7.2, dpi=90)
     (a, b), (c, d) = fig.subplots(2, 2)
-
-    # Reward vs samples: train reward per RL step, running-max validation (the paper's curve), GEPA's best.
-    slow = _of(records, "slow", "reward", "samples")
-    if slow:
-        a.plot([r["samples"] for r in slow], [r["reward"] for r in slow], ".-", alpha=0.6, label="train (RL step)")
-    ev = sorted((r["samples"], r["reward"]) for r in _of(records, "eval", "reward", "samples"))
-    if ev:
-        a.plot([x for x, _ in ev], running_max([y for _, y in ev]), "o-", label="val (running max)")
-    fast = _of(records, "fast", "best_val", "samples")
-    if fast:
-        a.plot([r["samples"] for r in fast], [r["best_val"] for r in fast], "x", ms=8, label="GEPA best val")
-    a.set(title="Reward vs samples", xlabel="samples (RL rollouts + GEPA metric calls)", ylabel="reward")
-
-    # KL vs reward: the paper's "less drift at matched accuracy" view.
-    kl = [r for r in _of(records, "slow", "reward") if _kl(r) is not None]
-    if kl:
-        sc = b.scatter([_kl(r) for r in kl], [r["reward"] for r in kl], c=[r.get("rl_step", 0) for r in kl],
-                       cmap="viridis", s=18, label="train")
-        fig.colorbar(sc, ax=b, label="RL step")
-    kp = _of(records, "eval", "kl_probe", "reward")
-    if kp:
-        b.scatter([r["kl_probe"] for r in kp], [r["reward"] for r in kp], marker="^", color="C3", s=30, label="val")
-    b.set(title="KL(policy || base) vs reward", xlabel="KL", ylabel="reward")
-
-    # Per-harness reward: how each population member does.
-    xlabel, series = per_harness_rewards(records)
-    for i, (hid, pts) in enumerate(sorted(series.items())):
-        pts.sort()
-        color = ORIGIN_COLORS.get((origins or {}).get(hid, ""), f"C{i % 10}")
-        c.plot([p[0] for p in pts], [p[1] for p in pts], ".-", color=color, label=hid[:8])
-    c.set(title="Reward per harness", xlabel=xlabel, ylabel="reward")
-    if 0 < len(series) <= 8:
-        c.legend(fontsize=7)
-
-    # Current population: score per member, coloured by origin.
-    scores = dict(population_scores or {})
-    if scores:
-        ids = list(scores)
-        vals = [scores[h] if scores[h] is not None else 0.0 for h in ids]
-        cols = [ORIGIN_COLORS.get((origins or {}).get(h, ""), "C0") for h in ids]
-        d.barh(range(len(ids)), vals, color=cols)
-        d.set_yticks(range(len(ids)), [f"{h[:8]} ({(origins or {}).get(h, '?')})" for h in ids], fontsize=7)
-        d.invert_yaxis()
-    d.set(title="Population scores (GEPA val)", xlabel="score", xlim=(0, 1.05))
-    for ax in (a, b, c):  # rewards live in [0, 1]: fixed axes make refreshes comparable
-        ax.set_ylim(-0.05, 1.05)
-
+    drew = {a: draw_reward_vs_samples(a, recs), b: draw_kl_vs_reward(b, recs, fig=fig)}
+    order = list(population_scores or {})
+    colors = harness_colors(order + list(per_harness_rewards(recs)[1]))
+    drew[c] = bool(draw_per_harness(c, recs, origins, colors))
+    drew[d] = draw_population(d, dict(population_scores or {}), origins, colors)
     for ax in (a, b, c, d):
-        if not ax.has_data():
-            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes, color="#999")
-    if a.get_legend_handles_labels()[0]:
-        a.legend(fontsize=7)
-    if b.get_legend_handles_labels()[0]:
-        b.legend(fontsize=7)
+        _fonts(ax)
+        if not drew[ax]:
+            _empty(ax)
+    for ax in (a, b):
+        if drew[ax]:
+            ax.legend(loc="best")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig
+
+
+def curve_figures(records: Sequence[dict] | None):
+    """The app's two figures: reward vs samples, and KL vs reward (training vs validation, with legends)."""
+    recs = R.normalize_all(records or [])
+    f1, f2 = _figure(6.4, 4.2), _figure(6.4, 4.2)
+    ax, bx = f1.subplots(), f2.subplots()
+    if draw_reward_vs_samples(ax, recs):
+        ax.legend(loc="best")
+    else:
+        _empty(ax, "no reward records yet")
+    if draw_kl_vs_reward(bx, recs, fig=f2):
+        bx.legend(loc="best")
+    else:
+        _empty(bx, "no KL records yet")
+    for x, f in ((ax, f1), (bx, f2)):
+        _fonts(x)
+        f.tight_layout()
+    return f1, f2
+
+
+def compare_figures(runs: Mapping[str, Sequence[dict]]):
+    """`fst-lab compare`: reward vs samples and KL vs reward, one colour per run, same styles as live."""
+    f1, f2 = _figure(7, 4.6), _figure(7, 4.6)
+    ax, bx = f1.subplots(), f2.subplots()
+    colors = harness_colors(list(runs))  # one colour per run here
+    any1 = any2 = False
+    for name, recs in runs.items():
+        any1 |= draw_reward_vs_samples(ax, recs, color=colors[name], name=name)
+        any2 |= draw_kl_vs_reward(bx, recs, color=colors[name], name=name)
+    for x, f, drew in ((ax, f1, any1), (bx, f2, any2)):
+        _fonts(x)
+        if drew:
+            x.legend(loc="best", fontsize=8)
+        else:
+            _empty(x)
+        f.tight_layout()
+    return f1, f2
+
+
+def compare_pngs(runs: Mapping[str, Sequence[dict]], out_dir: str | Path) -> list[Path]:
+    """Write reward_vs_samples.png and kl_vs_reward.png for ``{run name: records}``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fig, name in zip(compare_figures(runs), ("reward_vs_samples.png", "kl_vs_reward.png")):
+        p = out / name
+        p.write_bytes(figure_png(fig))
+        paths.append(p)
+    return paths
 
 
 def figure_png(fig) -> bytes:
@@ -129,6 +277,6 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def progress_png(records: Sequence[dict], population_scores: Mapping[str, float] | None = None,
+def progress_png(records: Sequence[dict], population_scores: Mapping[str, float | None] | None = None,
                  origins: Mapping[str, str] | None = None, *, title: str = "") -> bytes:
     return figure_png(progress_figure(records, population_scores, origins, title=title))

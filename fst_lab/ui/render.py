@@ -1,7 +1,12 @@
-"""HTML for the dashboard: status line, population and lineage tables, a trajectory, a diff.
+"""HTML and text views shared by the dashboard, the app and reports: status and progress, result
+summaries, population and lineage, a trajectory, a diff.
 
-Pure functions of plain data (status dicts, lineage rows, trajectory dicts), escaped throughout:
-harness texts and model outputs are untrusted and must never become markup.
+Pure functions of plain data (status dicts, metric records, lineage rows, trajectory dicts), escaped
+throughout: harness texts and model outputs are untrusted and must never become markup. No widgets
+or Gradio imports.
+
+    >>> status_html(session.status(), runner.state())   # "● slow step 2/4 | RL step 3/4 · reward 0.5 | ..."
+    >>> result_summary(load_run("runs/demo").metrics)    # "validation 0.375 → 0.562 · ablation ..."
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import html
 import json
 from typing import Any, Mapping, Sequence
 
+from fst_lab import records as R
 from fst_lab.ui.plots import ORIGIN_COLORS
 
 STYLE = """<style>
@@ -20,8 +26,17 @@ STYLE = """<style>
            font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
 .fst-role-system { border-color: #7f7f7f; } .fst-role-user { border-color: #1f77b4; }
 .fst-role-assistant { border-color: #2ca02c; } .fst-role-tool { border-color: #ff7f0e; background: #fff8ef; }
-.fst-diff { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; white-space: pre; }
+.fst-diff { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
+.fst-dashboard .widget-button:disabled, .fst-dashboard .jupyter-button:disabled { opacity: 0.45; }
+.fst-dashboard .mod-danger:disabled { background: #e0e0e0 !important; color: #777 !important; }
+.fst-progress { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; color: #333; }
 </style>"""
+
+ORIGIN_MARK = {"seed": "🌱 seed", "gepa": "🧬 gepa", "reflect": "🧬 reflect", "bootstrap": "🥾 bootstrap",
+               "manual": "✍️ manual", "merge": "🔀 merge", "consolidated": "🧱 consolidated"}
+ORIGIN_ORDER = {"seed": 0, "bootstrap": 1, "reflect": 2, "gepa": 2, "merge": 3, "manual": 4}
+ABLATION_NAMES = {"base_weights+seed_harness": "base+seed", "base_weights+evolved_harness": "base+evolved",
+                  "trained_weights+seed_harness": "trained+seed", "trained_weights+evolved_harness": "trained+evolved"}
 
 
 def esc(x: Any) -> str:
@@ -36,22 +51,81 @@ def _fmt(v: Any) -> str:
     return esc(v)
 
 
-def status_html(st: Mapping[str, Any], activity: str = "", *, busy: bool = False) -> str:
-    """One line: what is running, cycle / RL step / fast round, samples, elapsed."""
-    flags = []
-    if st.get("paused"):
-        flags.append("<b style='color:#b36b00'>paused</b>")
-    if st.get("stopped"):
-        flags.append("<b style='color:#b00'>stop requested</b>")
-    dot = "<span style='color:#2ca02c'>&#9679;</span>" if busy else "<span style='color:#999'>&#9679;</span>"
-    parts = [
-        f"{dot} <b>{esc(activity or ('running' if busy else 'idle'))}</b>",
+# ---------------------------------------------------------------------------- state and progress
+def state_line(state: Mapping[str, Any]) -> str:
+    """Plain text of a runner state: ``● slow step 2/4 — RL step 2/4 · reward 0.500`` / ``○ idle``."""
+    if not state.get("session", True):
+        return "○ no session"
+    if state.get("busy"):
+        word = state.get("activity") or "working"
+        line = f"● {word}" + (" (paused)" if state.get("paused") else "")
+        if state.get("progress"):
+            line += f" — {state['progress']}"
+    elif state.get("stop_requested"):
+        line = "○ stopped (a stop was requested; the next step you start clears it)"
+    else:
+        line = "○ idle" + (" (paused)" if state.get("paused") else "")
+    if state.get("stop_requested") and state.get("busy"):
+        line += " · stop requested"
+    return line
+
+
+def status_html(st: Mapping[str, Any], state: Mapping[str, Any] | None = None) -> str:
+    """The dashboard's status: busy/paused/idle and progress (from the runner state), then where the
+    run is (cycle, RL step, fast round, samples, elapsed) from ``session.status()``."""
+    state = dict(state or {"busy": st.get("busy"), "activity": st.get("activity"), "paused": st.get("paused")})
+    busy, paused = bool(state.get("busy")), bool(state.get("paused"))
+    color = "#b36b00" if paused else "#2ca02c" if busy else "#999"
+    line = esc(state_line(state)).replace("●", f"<span style='color:{color}'>&#9679;</span>", 1)
+    line = line.replace("○", f"<span style='color:{color}'>&#9675;</span>", 1)
+    where = [
         f"mode <code>{esc(st.get('mode'))}</code> · task <code>{esc(st.get('task'))}</code>",
         f"cycle {esc(st.get('cycle'))} · RL step {esc(st.get('rl_step'))} · fast round {esc(st.get('fast_round'))}",
         f"samples {esc(st.get('samples'))} (RL {esc(st.get('samples_rl'))} + fast {esc(st.get('samples_fast'))})",
         f"elapsed {float(st.get('elapsed') or 0):.1f} s",
     ]
-    return "<div>" + " &nbsp;|&nbsp; ".join(parts + flags) + "</div>"
+    err = f"<div style='color:#b00'>{esc(state['error'])}</div>" if state.get("error") else ""
+    return (f"<div class='fst-status'><div class='fst-progress'><b>{line}</b></div>"
+            f"<div>{' &nbsp;|&nbsp; '.join(where)}</div>{err}</div>")
+
+
+# ---------------------------------------------------------------------------- results
+def result_summary(metrics: Sequence[Mapping[str, Any]]) -> str:
+    """One line: validation reward first → last (best) and the 2x2 ablation, or what is missing."""
+    recs = R.normalize_all([dict(m) for m in metrics])
+    ev = [r for r in R.of_kind(recs, R.EVAL) if isinstance(r.get("reward"), (int, float))]
+    parts = []
+    if ev:
+        first, last = ev[0]["reward"], ev[-1]["reward"]
+        best = max(r["reward"] for r in ev)
+        parts.append(f"validation {first:.3f} → {last:.3f}" + (f" (best {best:.3f})" if best > last else "")
+                     + f" over {len(ev)} evaluation{'s' if len(ev) != 1 else ''}")
+    else:
+        parts.append("not evaluated yet")
+    ab = R.latest(recs, R.ABLATION)
+    if ab:
+        cells = [f"{short} {ab[k]:.3f}" for k, short in ABLATION_NAMES.items() if isinstance(ab.get(k), (int, float))]
+        if cells:
+            parts.append("ablation " + " / ".join(cells))
+    rl = R.latest(recs, R.SLOW, "reward")
+    if rl:
+        parts.append(f"last train reward {rl['reward']:.3f} (RL step {rl.get('rl_step', '?')})")
+    return " · ".join(parts)
+
+
+def run_summary(run) -> str:
+    """Markdown for a run (a :class:`fst_lab.runs.RunView`): its result line first, then what it is."""
+    st = run.state or {}
+    c = st.get("counters", {})
+    cfg = run.config or {}
+    ck = run.latest_checkpoint()
+    pop = st.get("population", [])
+    return "\n\n".join([
+        f"**{run.name}** — **{result_summary(run.metrics)}**",
+        f"mode `{cfg.get('mode')}` · task `{cfg.get('task')}` (level {cfg.get('level')}) · model `{cfg.get('model')}`"
+        f" · cycles {c.get('cycle', 0)} · RL steps {c.get('rl_step', 0)} · GEPA rounds {c.get('fast_round', 0)} · "
+        f"samples {c.get('samples_rl', 0) + c.get('samples_fast', 0)} · population {len(pop)} · "
+        f"checkpoint `{ck.name if ck else 'none'}`"])
 
 
 def error_html(message: str) -> str:
@@ -80,7 +154,8 @@ def population_html(lineage: Sequence[Mapping[str, Any]], population: Sequence[s
         rows.append(f"<tr><td>{i}</td><td><code>{esc(hid)}</code></td><td>{esc(r.get('name'))}</td>"
                     f"<td>{_origin(r.get('origin', ''))}</td><td>{_fmt(r.get('round'))}</td>"
                     f"<td>{', '.join(f'<code>{esc(p)}</code>' for p in r.get('parents', [])) or '–'}</td>"
-                    f"<td>{_fmt(r.get('score'))}</td><td>{star}</td></tr>")
+                    f"<td>{_fmt(r.get('score')) if r.get('score') is not None else '<i>not evaluated</i>'}</td>"
+                    f"<td>{star}</td></tr>")
     rows.append("</table>")
     return "".join(rows)
 
@@ -117,16 +192,27 @@ def lineage_html(lineage: Sequence[Mapping[str, Any]]) -> str:
     return "".join(lines) or "<i>no harnesses yet</i>"
 
 
-def diff_html(diff: str) -> str:
-    if not diff:
-        return "<i>no difference</i>"
-    out = []
+def diff_html(diff: str, header: str = "") -> str:
+    """A unified diff as coloured HTML lines (additions green, removals red), under ``header`` (which
+    harnesses are compared, so the view can never show a stale pair)."""
+    head = f"<div class='fst-diff-header'><b>{esc(header)}</b></div>" if header else ""
+    if not diff.strip():
+        return head + "<p><em>The two harnesses are identical (lineage aside).</em></p>"
+    rows = []
     for line in diff.splitlines():
-        color = "#276b27" if line.startswith("+") else "#b00" if line.startswith("-") else "#555"
-        if line.startswith(("+++", "---", "@@")):
-            color = "#555"
-        out.append(f"<span style='color:{color}'>{esc(line)}</span>")
-    return "<div class='fst-diff'>" + "\n".join(out) + "</div>"
+        if line.startswith(("+++", "---")):
+            style = "color:#555;font-weight:bold"
+        elif line.startswith("@@"):
+            style = "color:#6f42c1"
+        elif line.startswith("+"):
+            style = "background:#e6ffed;color:#1a7f37"
+        elif line.startswith("-"):
+            style = "background:#ffebe9;color:#cf222e"
+        else:
+            style = "color:#333"
+        rows.append(f'<div style="{style};white-space:pre-wrap">{esc(line) or "&nbsp;"}</div>')
+    return (head + '<div class="fst-diff" style="font-family:ui-monospace,monospace;font-size:12px;'
+            'line-height:1.35;white-space:normal">' + "".join(rows) + "</div>")
 
 
 def trajectory_dict(t: Any) -> dict:
@@ -153,9 +239,16 @@ def trajectory_html(t: Mapping[str, Any]) -> str:
             f"<b>reward {_fmt(t.get('reward'))}</b>"
             + (" · <span style='color:#b36b00'>truncated</span>" if t.get("truncated") else "") + "</div>")
     parts = [head]
-    prompt = "".join(_message_html(m) for m in msgs[:n_prompt])
+    # The harness part of the prompt (system prompt, few-shot) folds away; the question itself (the
+    # prompt's last user message) stays visible.
+    question = n_prompt if n_prompt and msgs[n_prompt - 1].get("role") == "user" else None
+    folded = msgs[:n_prompt - 1] if question else msgs[:n_prompt]
+    prompt = "".join(_message_html(m) for m in folded)
     if prompt:
-        parts.append(f"<details><summary>prompt ({n_prompt} messages from the harness)</summary>{prompt}</details>")
+        parts.append(f"<details><summary>harness prompt ({len(folded)} messages: system prompt, few-shot)"
+                     f"</summary>{prompt}</details>")
+    if question:
+        parts.append(_message_html(msgs[n_prompt - 1]))
     parts.extend(_message_html(m) for m in msgs[n_prompt:])
     if t.get("error"):
         parts.append(error_html(f"error: {t['error']}"))
@@ -174,3 +267,82 @@ def _message_html(m: Mapping[str, Any]) -> str:
             args = json.dumps(args, ensure_ascii=False)
         body += f"\n<b>&#8594; tool call</b> <code>{esc(fn.get('name'))}({esc(args)})</code>"
     return f"<div class='fst-msg fst-role-{esc(role)}'><b>{esc(label)}</b>\n{body}</div>"
+
+
+def rollout_source_label(name: str) -> str:
+    """A rollouts/*.jsonl file name as words: ``slow_000003.jsonl`` -> ``RL step 3 (training rollouts)``."""
+    stem = name[:-6] if name.endswith(".jsonl") else name
+    kind, _, num = stem.rpartition("_")
+    n = int(num) if num.isdigit() else None
+    if n is None:
+        return name
+    return {"slow": f"RL step {n} (training rollouts)", "eval": f"evaluation {n} (validation rollouts)",
+            "fast": f"GEPA round {n}", "consolidate": f"consolidation step {n}"}.get(kind, name)
+
+
+# ---------------------------------------------------------------------------- lineage as text
+def lineage_tree(edges: Sequence[dict], *, population: Sequence[str] = (), scores: dict | None = None,
+                 best: str | None = None) -> str:
+    """The lineage as a text tree (first parent = tree parent; extra parents are listed as 'merge of').
+
+        🌱 seed      math@1a2b3c4d5e6f
+        ├── 🧬 gepa r1  math@...  score 0.500  ● population
+        │   └── ✍️ manual r1  math@...  not evaluated
+        └── 🧬 gepa r1  math@...
+    """
+    scores = scores or {}
+    pop = set(population)
+    by_id = {e["id"]: e for e in edges}
+    children: dict[str, list[str]] = {}
+    roots: list[str] = []
+    for e in edges:
+        parents = [p for p in e.get("parents", []) if p in by_id and p != e["id"]]
+        if parents:
+            children.setdefault(parents[0], []).append(e["id"])
+        else:
+            roots.append(e["id"])
+    order = lambda i: (by_id[i].get("round", 0), ORIGIN_ORDER.get(by_id[i].get("origin"), 9), i)  # noqa: E731
+    lines: list[str] = []
+    seen: set[str] = set()
+
+    def label(i: str) -> str:
+        e = by_id[i]
+        s = f"{ORIGIN_MARK.get(e.get('origin'), e.get('origin'))} r{e.get('round', 0)}  {e.get('name')}@{i}"
+        sc = scores.get(i)
+        if isinstance(sc, (int, float)):
+            s += f"  score {sc:.3f}"
+        elif i in pop:
+            s += "  not evaluated"
+        if i in pop:
+            s += "  ● population"
+        if best and i == best:
+            s += "  ★ best"
+        extra = [p for p in e.get("parents", [])[1:]]
+        if extra:
+            s += f"  (merge of {', '.join(extra)})"
+        if e.get("note"):
+            s += f"  — {' '.join(str(e['note']).split())[:80]}"
+        return s
+
+    def walk(i: str, prefix: str, last: bool, top: bool) -> None:
+        if i in seen:  # lineage cycles can't happen with content ids, but never loop forever
+            return
+        seen.add(i)
+        lines.append(label(i) if top else prefix + ("└── " if last else "├── ") + label(i))
+        kids = sorted(children.get(i, []), key=order)
+        for k, kid in enumerate(kids):
+            walk(kid, prefix if top else prefix + ("    " if last else "│   "), k == len(kids) - 1, False)
+
+    for r in sorted(roots, key=order):
+        walk(r, "", True, True)
+    for e in edges:  # anything unreachable (shouldn't happen) still shows up
+        if e["id"] not in seen:
+            walk(e["id"], "", True, True)
+    if not lines:
+        return "(no harnesses yet)"
+    counts: dict[str, int] = {}
+    for e in edges:
+        counts[e.get("origin", "?")] = counts.get(e.get("origin", "?"), 0) + 1
+    legend = " · ".join(f"{ORIGIN_MARK.get(k, k)} {v}"
+                        for k, v in sorted(counts.items(), key=lambda kv: ORIGIN_ORDER.get(kv[0], 9)))
+    return f"{len(edges)} harnesses: {legend}\n\n" + "\n".join(lines)
