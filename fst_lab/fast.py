@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -59,6 +60,51 @@ _COMPONENT_RULES = {
 }
 
 
+# A fence line of GEPA's answer format: ``` or ~~~ (3 or more), at most 3 spaces in, optional info string.
+# Fences indented further (inside a YAML block scalar, say) belong to the text, not to the answer.
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})([^`]*)$")
+
+
+def extract_proposal(reply: str) -> tuple[str | None, str]:
+    """The new component text from a reflection reply: the last complete fenced block.
+
+    GEPA's instruction-proposal prompt asks for the new text "within ``` blocks", and frontier models
+    answer with prose (their diagnosis) followed by the block, sometimes with a language tag
+    (```yaml) or after quoting the old text in an earlier block (hence the *last* block). Returns
+    ``(text, "")``, or ``(None, why)`` for a reply that carries no usable proposal:
+
+    - no fenced block (a refusal, or the new text without a fence: prose and text can't be told
+      apart, and GEPA's own extractor would make the whole reply, refusal included, the new text);
+    - an opening fence that is never closed (a reply cut off at the token limit);
+    - an empty block.
+    """
+    lines = reply.splitlines()
+    blocks: list[list[str]] = []
+    fence: str | None = None
+    body: list[str] = []
+    for line in lines:
+        m = _FENCE.match(line)
+        if fence is None:
+            if m:
+                fence, body = m.group(1), []
+            continue
+        # A closing fence: the same character, at least as long, and no info string.
+        if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence) and not m.group(2).strip():
+            blocks.append(body)
+            fence = None
+            continue
+        body.append(line)
+    if not blocks:
+        head = " ".join(reply.split())[:120]
+        if fence is not None:
+            return None, f"truncated reply: the fenced block is never closed (reply starts: {head!r})"
+        return None, f"no fenced ``` block in the reply (reply starts: {head!r})"
+    text = "\n".join(blocks[-1]).strip("\n")
+    if not text.strip():
+        return None, "the fenced block is empty"
+    return text, ""
+
+
 def candidate_key(candidate: Mapping[str, str]) -> str:
     """A stable key for a GEPA candidate dict."""
     return json.dumps(dict(candidate), sort_keys=True, ensure_ascii=False)
@@ -78,6 +124,8 @@ class ProposalRecord:
     candidate_key: str = ""
     subsample_before: float | None = None
     subsample_after: float | None = None
+    reflection_tokens: int = 0  # what the reflection call(s) of this proposal cost (reflect only)
+    reflection_cost: float = 0.0
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -132,6 +180,7 @@ class HarnessAdapter:
         self._origin: dict[str, tuple[str, str]] = {}  # child candidate key -> (operator, note)
         self._eval_calls = 0
         self.iteration: int | None = None  # set by the GEPA callback in fast_step
+        self.on_event: Callable[[dict], None] | None = None  # set by fast_step (UIs see invalid proposals)
         # counters
         self.rollouts = 0
         self.reflection_calls = 0
@@ -298,8 +347,10 @@ class HarnessAdapter:
         except Exception as e:
             log.exception("reflective proposal failed")
             rec.status, rec.detail = "error", f"{type(e).__name__}: {e}"
-            return {}
+            texts = {}
         if not texts:
+            _emit(self.on_event, "proposal_" + rec.status, index=rec.index, operator=rec.operator,
+                  components=rec.components, detail=rec.detail, iteration=rec.iteration)
             return {}
         return self._proposed(rec, candidate, texts, note)
 
@@ -312,7 +363,7 @@ class HarnessAdapter:
         child = {**candidate, **texts}
         rec.candidate_key = candidate_key(child)
         rec.detail = note
-        self._origin.setdefault(rec.candidate_key, ("bootstrap" if rec.operator == "bootstrap" else "gepa", note))
+        self._origin.setdefault(rec.candidate_key, (rec.operator, note))  # lineage origin: bootstrap | reflect
         log.info("fast: %s proposal #%d on %s: %s", rec.operator, rec.index, ",".join(texts), note)
         return texts
 
@@ -332,6 +383,7 @@ class HarnessAdapter:
             prompt = Sig.prompt_renderer({"current_instruction_doc": candidate[comp],
                                           "dataset_with_feedback": list(records), "prompt_template": template})
             self.reflection_calls += 1
+            stats0 = getattr(self.reflection_lm, "stats", None)
             try:
                 raw = self.reflection_lm(prompt)
             except Exception as e:  # ReflectionError and anything a custom callable raises
@@ -339,16 +391,19 @@ class HarnessAdapter:
                 rec.status, rec.detail = "failed", f"{type(e).__name__}: {e}"
                 log.warning("fast: reflection on %s failed: %s", comp, e)
                 return {}, rec.detail
+            finally:
+                self._charge(rec, stats0)
             if not isinstance(raw, str) or not raw.strip():
                 self.reflection_failures += 1
                 rec.status, rec.detail = "failed", "empty reply"
                 return {}, rec.detail
-            new = Sig.output_extractor(raw.strip())["new_instruction"]
+            new, why = extract_proposal(raw)
+            if new is None:
+                rec.status, rec.detail = "invalid", f"{comp}: {why}"
+                log.info("fast: reflective proposal for %s rejected: %s", comp, why)
+                return {}, rec.detail
             # Keep the current text's trailing-newline style (YAML block scalars stay tidy).
             new = new.strip("\n") + ("\n" if candidate[comp].endswith("\n") else "")
-            if not new.strip():
-                rec.status, rec.detail = "invalid", f"no text extracted for {comp}"
-                return {}, rec.detail
             if new == candidate[comp]:
                 continue
             new_texts[comp] = new
@@ -363,6 +418,17 @@ class HarnessAdapter:
             log.info("fast: reflective proposal for %s is not a valid harness: %s", ",".join(new_texts), e)
             return {}, rec.detail
         return new_texts, "reflect: " + ",".join(new_texts)
+
+    def _charge(self, rec: ProposalRecord, before) -> None:
+        """Add the reflection LM's tokens and cost since ``before`` (a stats snapshot) to ``rec``."""
+        if before is None:
+            return
+        try:
+            spent = self.reflection_lm.stats.since(before)
+        except Exception:  # a custom callable with a different stats object: nothing to charge
+            return
+        rec.reflection_tokens += int(spent.tokens)
+        rec.reflection_cost += float(spent.cost)
 
     def _rules(self, comp: str) -> str:
         if comp == "task_template":
@@ -675,6 +741,7 @@ def fast_step(policy: "Policy", task: "Task", population: Sequence[Harness], tra
     seed_cand = seed_h.to_candidate()
     adapter.prime(seed_cand, member_trajs[seed_h.id])
     tracker = _Tracker(adapter, on_event)
+    adapter.on_event = on_event
     gepa_dir = _fresh_dir(run_dir, lg) if run_dir is not None else None
     budget = config.budget(len(train), len(val))
     lg.info("fast round %d: GEPA with %d train / %d val examples, budget %d rollouts, reflection %s", round,

@@ -1,6 +1,7 @@
 """Build gpu/bundle/: what the one-call GPU check carries to the device machine (``make gpu-bundle``).
 
     python gpu/bundle.py            # download + slim the wheels, write the tokenizer folder, check the size
+    python gpu/bundle.py --record   # the same, then record sizes and requirements in gpu/manifest.json
 
 The device machine (see docs/GPU.md) has Python 3.12, torch, transformers 5.17, peft, accelerate and
 Triton, no network, and takes at most 64 MiB per call (working tree + carried folders). This script
@@ -15,6 +16,10 @@ fills ``gpu/bundle/`` (git-ignored) with:
 - ``BUNDLE.json``: every file with its size and sha256, and the carried total (bundle + working tree).
 
 It stops with an error when the carried total exceeds the manifest's ``limit_mib`` (60).
+
+``--record`` writes each wheel's size and declared requirements into the manifest's ``measured``
+section (commit it): ``tests/test_gpu_check.py`` checks the size limit and the requirement coverage
+from that record where no bundle is built (CI), and against the real wheels where one is.
 """
 
 from __future__ import annotations
@@ -57,12 +62,17 @@ def download(manifest: dict, dest: Path) -> None:
         if wheel_name(stale) not in wanted or not any(
                 stale.name.split("-")[1] == w["version"] for w in manifest["wheels"] if norm(w["name"]) == wheel_name(stale)):
             stale.unlink()
+    present = {(wheel_name(p), p.name.split("-")[1]) for p in dest.glob("*.whl")}
+    todo = [w for w in manifest["wheels"] if (norm(w["name"]), w["version"]) not in present]
+    if not todo:  # (slimmed wheels no longer match the index's hash: never re-download what is here)
+        print("gpu-bundle: all", len(manifest["wheels"]), "wheels present", flush=True)
+        return
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
            manifest["python"], "--implementation", "cp", "-d", str(dest), "-q"]
     for p in manifest["platforms"]:
         cmd += ["--platform", p]
-    cmd += [f"{w['name']}=={w['version']}" for w in manifest["wheels"]]
-    print("gpu-bundle: pip download of", len(manifest["wheels"]), "wheels", flush=True)
+    cmd += [f"{w['name']}=={w['version']}" for w in todo]
+    print("gpu-bundle: pip download of", len(todo), "wheels", flush=True)
     subprocess.run(cmd, check=True)
 
 
@@ -124,7 +134,30 @@ def inventory(bundle: Path, manifest: dict) -> dict:
             "files": entries}
 
 
-def main() -> int:
+def requirements(path: Path) -> list[str]:
+    """A wheel's Requires-Dist lines that apply without extras."""
+    with zipfile.ZipFile(path) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = z.read(meta).decode("utf-8", "replace").splitlines()
+    reqs = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Requires-Dist:")]
+    return [r for r in reqs if "extra ==" not in r and "extra==" not in r]
+
+
+def record(manifest: dict, inv: dict, wheels: Path) -> None:
+    by_name = {wheel_name(p): p for p in wheels.glob("*.whl")}
+    manifest["measured"] = {
+        "date": __import__("time").strftime("%Y-%m-%d"),
+        "bundle_bytes": inv["bundle_bytes"],
+        "model_bytes": sum(e["bytes"] for e in inv["files"] if e["path"].startswith("model/")),
+        "wheels": {n: {"file": p.name, "bytes": p.stat().st_size, "requires": requirements(p)}
+                   for n, p in sorted(by_name.items())},
+    }
+    MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"gpu-bundle: recorded sizes and requirements in {MANIFEST.relative_to(REPO)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     manifest = load_manifest()
     wheels = BUNDLE / "wheels"
     download(manifest, wheels)
@@ -141,6 +174,8 @@ def main() -> int:
     shutil.copy(MANIFEST, BUNDLE / "manifest.json")
     inv = inventory(BUNDLE, manifest)
     (BUNDLE / "BUNDLE.json").write_text(json.dumps(inv, indent=1) + "\n")
+    if "--record" in argv:
+        record(manifest, inv, wheels)
     print(f"gpu-bundle: {len(inv['files'])} files, bundle {inv['bundle_bytes'] / MIB:.1f} MiB + working tree "
           f"{inv['worktree_bytes'] / MIB:.1f} MiB = {inv['carried_mib']} MiB carried (limit {manifest['limit_mib']} MiB)")
     if inv["carried_bytes"] > manifest["limit_mib"] * MIB:

@@ -7,7 +7,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
-PY=${PYTHON:-python3}
+PY=${PYTHON:-python3}   # the device machine's python3 holds torch; on a CPU, the project's venv
+if [[ -z "${PYTHON:-}" && " $* " == *" --cpu "* && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
 SITE=${FST_GPU_SITE:-/tmp/fst-gpu-site}
 LIMIT=${FST_GPU_CHECK_LIMIT:-480}   # seconds for everything after the install (8 minutes)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false

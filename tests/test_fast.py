@@ -256,7 +256,7 @@ def test_fast_step_accepts_a_proposal_and_records_lineage(tiny, math_harness, tm
     assert res.reflection_calls >= 1 and res.reflection_failures == 0 and res.reflection_tokens > 0
     best = res.best
     assert "BANANA" in best.system_prompt and res.val_scores[best.id] == 1.0
-    assert best.lineage.origin == "gepa" and best.lineage.round == 3
+    assert best.lineage.origin == "reflect" and best.lineage.round == 3
     assert best.lineage.parents == (res.seed_id,)
     assert set(res.prev_scores) == {seed.id, other.id} and len(res.population) == 2
     # the seed's GEPA score reuses the re-scoring rollouts: both agree exactly
@@ -340,7 +340,7 @@ def test_fast_step_math_embedded_model_with_local_reflector(embedded_policy, mat
     assert best >= seed_score
     assert res.proposals > 0 and res.accepted >= 1 and len(res.candidates) > 1 and not res.errors
     new = [h for h in res.candidates[1:] if h.id != seed.id]
-    assert new and all(h.lineage.origin in ("gepa", "bootstrap") and h.lineage.round == 1 for h in new)
+    assert new and all(h.lineage.origin in ("reflect", "bootstrap") and h.lineage.round == 1 for h in new)
     assert any(h.id in {p.id for p in res.population} for h in new)
     assert res.reflection_calls >= 1  # the local reflector was really used (via LiteLLM's custom provider)
 
