@@ -169,9 +169,10 @@ def test_pick_run_cycle_and_harnesses(client, tiny_view):
     assert "manual" in lineage and p1 and p2
 
     # cycle 1 was snapshotted before the hand edit: its population is the seed alone
-    ha1, hb1, status1, lineage1 = client.predict("tiny", "1", api_name="/select_cycle")
+    ha1, hb1, status1, lineage1, diff1, diff_view1 = client.predict("tiny", "1", api_name="/select_cycle")
     assert value_of(ha1) == value_of(hb1) == f"run:{seed.id}"
-    in_pop = [c for c in ha1["choices"] if "in population" in c[0]]
+    assert "identical" in diff1 and f"B: {seed.name}@{seed.id}" in diff_view1  # the diff follows the cycle
+    in_pop = [c for c in ha1["choices"] if c[0].startswith("● ")]
     assert [c[1] for c in in_pop] == [f"run:{seed.id}"]
     assert "cycle **1**" in status1
 
@@ -314,7 +315,9 @@ def test_tool_calls_render_as_collapsible_messages():
 
 # ---------------------------------------------------------------------------- the Run tab
 def test_run_tab_steers_a_tiny_session(client, runs_root):
-    msg, status, target, comp, comp_text, lineage, log = client.predict(RUN_TAB_CONFIG, api_name="/session_start")
+    msg, status, target, comp, comp_text, lineage, log, progress, run_pick, *_ = client.predict(
+        RUN_TAB_CONFIG, api_name="/session_start")
+    assert value_of(run_pick) == "from-the-app"  # the run picker follows the live run
     assert msg.startswith("✅ session started") and "from-the-app" in msg, msg
     assert status["run_dir"] == "from-the-app" and status["rl_step"] == 0
     assert (runs_root / "from-the-app" / "config.yaml").exists()  # forced inside the runs root
@@ -325,7 +328,8 @@ def test_run_tab_steers_a_tiny_session(client, runs_root):
     assert msg.startswith("✅ fast step"), msg
     assert status["fast_round"] == 1
 
-    msg, status, target, lineage, log = client.predict(1, api_name="/session_slow")
+    msg, status, target, lineage, log, progress, *buttons = client.predict(1, api_name="/session_slow")
+    assert "idle" in progress and len(buttons) == 7
     assert msg.startswith("✅ 1 slow step"), msg
     assert status["rl_step"] == 1 and '"kind": "slow"' in log
 
@@ -347,7 +351,7 @@ def test_run_tab_steers_a_tiny_session(client, runs_root):
     assert "✍️ manual" in tree and "from the test" in tree
     assert seed_id in tree
 
-    st, lin, log = client.predict(api_name="/session_poll")
+    st, lin, log, *_ = client.predict(api_name="/session_poll")
     assert st["rl_step"] == 1 and "✍️ manual" in lin
 
     # a bad edit is refused with the reason, nothing changes
@@ -361,7 +365,7 @@ def test_run_tab_steers_a_tiny_session(client, runs_root):
     msg, st = client.predict(api_name="/session_stop")
     assert "stop" in msg
     for _ in range(40):
-        st, _, _ = client.predict(api_name="/session_poll")
+        st, *_ = client.predict(api_name="/session_poll")
         if st["background_run"] == "idle":
             break
         time.sleep(0.25)

@@ -2,7 +2,9 @@
 
 Parameters are injected papermill-style: a cell placed right after the one tagged ``parameters``
 overrides ``SMOKE``, ``RUNS_ROOT`` and ``RESULTS_PATH``; each notebook ends by writing its
-``RESULTS`` dict to ``RESULTS_PATH``. The committed notebooks must carry no outputs.
+``RESULTS`` dict to ``RESULTS_PATH``. The committed notebooks must carry no outputs. Executed
+notebooks must show no FutureWarning/DeprecationWarning, and once saved, the notebooks with a
+dashboard must still show it as static HTML (no kernel needed).
 """
 
 from __future__ import annotations
@@ -31,6 +33,26 @@ def inject_parameters(nb, params: dict) -> None:
     nb.cells.insert(idx + 1, cell)
 
 
+def outputs_text(nb) -> str:
+    """Every output of every code cell as text (streams, errors, and each mime type's data)."""
+    parts = []
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        for o in c.get("outputs", []):
+            parts.append(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", [])))
+            parts += [str(v) for v in (o.get("data") or {}).values()]
+            parts += o.get("traceback", []) or []
+    return "\n".join(parts)
+
+
+def saved_dashboard_snapshots(saved: Path) -> list[str]:
+    """text/html outputs of a saved notebook that render the dashboard statically (no kernel needed)."""
+    nb = nbformat.read(saved, as_version=4)
+    return [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if "text/html" in o.get("data", {}) and "fst-dashboard-snapshot" in o["data"]["text/html"]]
+
+
 def run_notebook(path: Path, tmp_path: Path, **extra) -> tuple[dict, float]:
     from nbclient import NotebookClient
 
@@ -44,7 +66,13 @@ def run_notebook(path: Path, tmp_path: Path, **extra) -> tuple[dict, float]:
     printed = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                if o.get("name") == "stdout"]
     assert any("FST_RESULTS {" in t for t in printed), "the notebook did not print its FST_RESULTS line"
-    return json.loads(results.read_text()), seconds
+    # clean output: no library deprecation noise in what a user reads
+    text = outputs_text(nb)
+    assert "FutureWarning" not in text and "DeprecationWarning" not in text, \
+        [line for line in text.splitlines() if "Warning" in line][:5]
+    saved = tmp_path / f"{path.stem}.executed.ipynb"
+    nbformat.write(nb, saved)
+    return json.loads(results.read_text()) | {"_saved": str(saved)}, seconds
 
 
 def test_all_four_notebooks_exist():
@@ -73,6 +101,8 @@ def test_01_quickstart(tmp_path):
     assert {"eval", "fast", "slow"} <= set(r["metric_kinds"])
     assert r["dashboard_error"] is None and r["dashboard_plot_bytes"] > 1000
     assert 0.0 <= r["reward_before"] <= 1.0 and 0.0 <= r["reward_after"] <= 1.0
+    snaps = saved_dashboard_snapshots(Path(r["_saved"]))  # readable without a kernel
+    assert snaps and "data:image/png;base64," in snaps[-1] and "RL step 2" in snaps[-1]
     print(f"01_quickstart smoke: {secs:.1f}s")
 
 
@@ -85,6 +115,7 @@ def test_02_edit_harness_midrun(tmp_path):
     assert r["step_after_edit_used_manual"], r["step_after_edit_population"]
     assert r["lineage_size_after"] > r["lineage_size_before"]
     assert r["dashboard_error"] is None
+    assert saved_dashboard_snapshots(Path(r["_saved"]))
     print(f"02_edit_harness_midrun smoke: {secs:.1f}s")
 
 
@@ -109,4 +140,5 @@ def test_04_continual(tmp_path):
     assert all(n >= 1 for n in r["steps_per_stage"].values())
     assert r["seed_harnesses"] == ["generic"]
     assert r["dashboard_error"] is None
+    assert saved_dashboard_snapshots(Path(r["_saved"]))
     print(f"04_continual smoke: {secs:.1f}s")
