@@ -21,10 +21,36 @@ so callers that caught those still do::
 
 from __future__ import annotations
 
+import re
+
 
 class FstLabError(Exception):
     """Base of every fst_lab error caused by input (config, harness, task data, run directory, session,
     tool/sandbox, reflection LM, model lookup). ``str(err)`` is one line naming file:line and field."""
+
+
+class ConfigError(FstLabError, ValueError):
+    """The run config is invalid. ``str(e)`` is ``[file[:line]: ][field.path: ]message`` on one line.
+
+    ``path`` is the field (``fast.budget_passes``, ``stages[1].task``); ``source``/``line`` say where it
+    came from when the config was loaded from a file.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, source: str | None = None,
+                 line: int | None = None):
+        self.message, self.path, self.source, self.line = message, path, source, line
+        where = f"{source}:{line}" if source and line else (source or "")
+        super().__init__(": ".join(p for p in (where, path, message) if p))
+
+    def located(self, source: str | None, lines: dict[str, int] | None = None) -> "ConfigError":
+        """The same error, placed in ``source`` at the line of its field (or the nearest enclosing one)."""
+        if self.source is not None or source is None:
+            return self
+        line, path = None, self.path
+        while path and lines and line is None:
+            line = lines.get(path)
+            path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path) if re.search(r"[.\[]", path) else None
+        return ConfigError(self.message, path=self.path, source=source, line=line)
 
 
 def one_line(err: BaseException) -> str:

@@ -91,6 +91,21 @@ def test_session_loops_get_the_typed_configs(tmp_path):
         s.close()
 
 
+def test_consolidate_is_typed_and_gets_seed_and_tokens_from_the_top():
+    from fst_lab.config import ConsolidateConfig
+
+    c = FSTConfig(seed=4, max_new_tokens=32, consolidate={"method": "sft", "steps": 2})
+    assert isinstance(c.consolidate, ConsolidateConfig)
+    assert (c.consolidate.seed, c.consolidate.max_new_tokens, c.consolidate.method) == (4, 32, "sft")
+    assert FSTConfig.from_dict(yaml.safe_load(c.to_yaml())) == c
+    with pytest.raises(ConfigError, match=r"^consolidate\.seed: 3 conflicts with seed: 0"):
+        FSTConfig(consolidate={"seed": 3})
+    with pytest.raises(ConfigError, match=r"^consolidate\.method: must be one of"):
+        FSTConfig(consolidate={"method": "distill"})
+    with pytest.raises(ConfigError, match=r"^consolidate\.stepz: unknown key; did you mean steps\?"):
+        FSTConfig(consolidate={"stepz": 1})
+
+
 def test_typed_loop_configs_from_python():
     c = FSTConfig(population_size=2, num_generations=4, fast=FastConfig(budget_passes=2.5),
                   slow=SlowConfig(learning_rate=1e-3, num_generations=4, population_size=2))
