@@ -76,19 +76,21 @@ def mean_at_k(policy, targets: Sequence[tuple[str, Harness]], examples, task, *,
     return result, trajs_all
 
 
-def plasticity(policies: dict[str, Callable[[], Any]], task_name: str, *, level: int, seed: int, population_size: int,
-               slow_config, steps: int, out_dir: Callable[[str], Path]) -> dict[str, list[float]]:
-    """A fresh RL run of ``steps`` steps on a new task from each of ``policies`` (label -> a function
-    returning a policy copy that may be trained). Returns the training reward per step for each label."""
+def plasticity(weights, task_name: str, config, *, level: int, steps: int,
+               out_dir: Callable[[str], Path]) -> dict[str, list[float]]:
+    """A fresh RL run of ``steps`` steps on a new task from a copy of the trained weights and one of the
+    start weights (:class:`fst_lab.weights.Weights`). Returns the training reward per step of each."""
+    import copy
+
     from fst_lab.harness import load_named
     from fst_lab.slow import SlowLearner
     from fst_lab.tasks import get_task
 
-    new_task = get_task(task_name, level=level, seed=seed)
+    new_task = get_task(task_name, level=level, seed=config.seed)
     seed_h = load_named(task_name)
     out = {}
-    for label, make_copy in policies.items():
-        with SlowLearner(make_copy(), new_task, [seed_h] * population_size, slow_config,
+    for label, make_copy in (("trained", weights.copy), ("base", lambda: copy.deepcopy(weights.base()))):
+        with SlowLearner(make_copy(), new_task, [seed_h] * config.population_size, config.slow,
                          output_dir=str(out_dir(label))) as learner:
             learner.set_task(new_task, new_task.examples("train"))
             out[label] = [float(learner.step(1)[-1].get("reward", 0.0)) for _ in range(steps)]

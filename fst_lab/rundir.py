@@ -150,11 +150,21 @@ class RunDir:
         return read_jsonl(self.path / METRICS)
 
     def drop_metrics_after(self, counters: dict) -> list[dict]:
-        """Drop slow/eval records past ``counters["rl_step"]`` and fast ones past ``fast_round`` (written just
-        before a crash, for work the state doesn't count: a resume redoes it); returns the records kept."""
+        """Drop records of steps the state doesn't count (slow/eval past ``rl_step``, fast past ``fast_round``,
+        consolidate past ``consolidate_step``): written just before a crash, the resume redoes them.
+        Returns the records kept."""
+        def counted(r: dict) -> bool:
+            kind = r.get("kind")
+            if kind in ("slow", "eval"):
+                return r.get("rl_step", 0) <= counters["rl_step"]
+            if kind == "fast":
+                return r.get("round", 0) <= counters["fast_round"]
+            if kind == "consolidate":
+                return r.get("consolidate_step", 0) <= counters.get("consolidate_step", 0)
+            return True
+
         recs = self.read_metrics()
-        keep = [r for r in recs if not (r.get("kind") in ("slow", "eval") and r.get("rl_step", 0) > counters["rl_step"])
-                and not (r.get("kind") == "fast" and r.get("round", 0) > counters["fast_round"])]
+        keep = [r for r in recs if counted(r)]
         if len(keep) != len(recs):
             atomic_write_text(self.path / METRICS, "".join(json.dumps(r, default=json_default) + "\n" for r in keep))
         return keep

@@ -34,6 +34,12 @@ def stage_harness(config: FSTConfig, idx: int) -> Harness:
         raise ConfigError(f"harness for stage {idx} ('{name}'): {e}") from None
 
 
+def stage_done(stages, idx: int, stage_step: int) -> bool:
+    """Stage ``idx`` has run its ``steps`` RL steps and a next stage exists."""
+    st = stages[idx]
+    return st.steps is not None and stage_step >= st.steps and idx + 1 < len(stages)
+
+
 def fast_window(train: list, n_train: int, n_val: int, rnd: int) -> tuple[list, list]:
     """GEPA's examples for fast round ``rnd``: a window of the train split rotating round by round, split
     into the reflection set and a disjoint Pareto set. Validation stays held out for evaluate()."""

@@ -16,7 +16,6 @@ state and population. Records follow :mod:`fst_lab.records`. ``RunDir(run).reque
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -27,16 +26,33 @@ from typing import Any, Callable
 from fst_lab import evaluation, records
 from fst_lab.config import FSTConfig, Stage
 from fst_lab.control import Control, gepa_progress, progress_bar
-from fst_lab.evaluation import bare_harness  # noqa: F401  (public: fst_lab.session.bare_harness)
-from fst_lab.edits import manual_edit, resolve_target
 from fst_lab.errors import FstLabError
+from fst_lab.evaluation import bare_harness  # noqa: F401  (public: fst_lab.session.bare_harness)
 from fst_lab.harness import Harness, HarnessError
+from fst_lab.population import for_training, lineage_rows, manual_edit, ranked, resolve_target
 from fst_lab.rundir import RunDir
-from fst_lab.runs import RunDirError
-from fst_lab.schedule import fast_window, run_schedule, stage_harness, stage_task
+from fst_lab.schedule import fast_window, run_schedule, stage_done, stage_harness, stage_task
 from fst_lab.weights import Weights
 
 log = logging.getLogger(__name__)
+
+
+# The session's counters (state.json): the cumulative ones of fst_lab.records plus the schedule's position
+# (plan_pos: next step of the cycle; stage_step: RL steps in the current stage) and evaluations so far.
+COUNTERS = ("cycle", "plan_pos", "rl_step", "fast_round", "consolidate_step", "samples_rl", "samples_fast",
+            "samples_distill", "stage", "stage_step", "evals")
+
+
+def _as_config(config: FSTConfig | dict | str | Path | None) -> FSTConfig:
+    """A validated FSTConfig from a config, a dict, a YAML path, or None (the defaults)."""
+    if config is None:
+        config = FSTConfig()
+    elif isinstance(config, dict):
+        config = FSTConfig.from_dict(config)
+    elif isinstance(config, (str, Path)):
+        config = FSTConfig.load(config)
+    config.validate()
+    return config
 
 
 class SessionError(FstLabError, RuntimeError):
@@ -46,22 +62,13 @@ class SessionError(FstLabError, RuntimeError):
 class Session:
     """Holds policy, population, task schedule, counters and metrics; steps the fast and slow loops.
 
-    Thread-safe for one worker: every public step takes the session lock, so a UI thread can call
-    ``request_stop()`` / ``pause()`` or read ``status()``, ``busy`` and ``activity`` while a worker
-    thread (or a notebook cell) runs a step. ``listeners`` receive every record written and the
-    ephemeral progress events of :func:`fst_lab.records.progress`.
-    """
+    Thread-safe for one worker: public steps take the session lock, and ``request_stop()``, ``pause()``,
+    ``status()``, ``busy`` and ``activity`` work from any thread while one runs. ``listeners`` receive
+    every record written and the ephemeral progress events of :func:`fst_lab.records.progress`."""
 
     def __init__(self, config: FSTConfig | dict | str | Path | None = None, run_dir: str | Path | None = None, *,
                  policy=None, progress: bool = True, _resume: bool = False):
-        if config is None:
-            config = FSTConfig()
-        elif isinstance(config, dict):
-            config = FSTConfig.from_dict(config)
-        elif isinstance(config, (str, Path)):
-            config = FSTConfig.load(config)
-        config.validate()  # raises ConfigError before anything is written
-        self.config = config
+        self.config = config = _as_config(config)  # raises ConfigError before anything is written
         self.progress = progress
         self.stages: list[Stage] = config.stage_list()
         # Resolve everything that can fail on bad input *before* creating the run directory.
@@ -69,10 +76,8 @@ class Session:
         self.stage_idx = 0
         self.task = self._make_task(0)
         self.seed_harness = stage_harness(self.config, 0)
-        if run_dir is None:
-            name = config.run_name or f"{config.mode}-{self.stages[0].task}-{datetime.now():%Y%m%d-%H%M%S}"
-            run_dir = Path(config.runs_root) / name
-        self.run_dir = Path(run_dir)
+        name = config.run_name or f"{config.mode}-{self.stages[0].task}-{datetime.now():%Y%m%d-%H%M%S}"
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(config.runs_root) / name
         self.rundir = RunDir(self.run_dir)
         if not _resume and self.rundir.exists():
             raise SessionError(f"{self.run_dir} already holds a run; use Session.resume('{self.run_dir}') "
@@ -80,9 +85,7 @@ class Session:
         self.population: list[Harness] = [self.seed_harness]
         self.population_scores: dict[str, float] = {}  # id -> score; no entry: not evaluated (e.g. a hand edit)
         self.harnesses: dict[str, Harness] = {self.seed_harness.id: self.seed_harness}  # every harness ever
-        self.counters = {"cycle": 0, "plan_pos": 0, "rl_step": 0, "fast_round": 0, "consolidate_step": 0,
-                         "samples_rl": 0, "samples_fast": 0, "samples_distill": 0, "stage": 0, "stage_step": 0,
-                         "evals": 0}
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self.checkpoint: str | None = None
         self.metrics: list[dict] = []
         self.last_fast = None
@@ -113,10 +116,7 @@ class Session:
         if not rd.exists():
             raise SessionError(f"{rd.path} is not a run directory (no {rd.config_file.name})")
         s = cls(FSTConfig.load(rd.config_file), rd.path, policy=policy, progress=progress, _resume=True)
-        try:
-            state = s.rundir.load_state()
-        except RunDirError as e:
-            raise SessionError(str(e)) from None
+        state = s.rundir.load_state()  # RunDirError without state.json; rolled back to the checkpoint's state
         s.counters.update(state["counters"])
         s.stage_idx = s.counters["stage"]
         s.task = s._make_task(s.stage_idx)
@@ -169,18 +169,13 @@ class Session:
         return self.weights.learner
 
     def _train_population(self) -> list[Harness]:
-        """Exactly K harnesses for the slow loop, best first (cycled when the population is smaller)."""
-        K = self.config.population_size
-        pop = [self.seed_harness] if self.config.mode == "rl" else self._ranked_population()
-        return [pop[i % len(pop)] for i in range(K)]
-
-    def _ranked_population(self) -> list[Harness]:
-        """Best score first; members not evaluated yet (fresh hand edits) after the scored ones, in order."""
-        return sorted(self.population, key=lambda h: -self.population_scores.get(h.id, float("-inf")))
+        """The K harnesses of the next slow step (mode 'rl': the seed harness K times)."""
+        pop = [self.seed_harness] if self.config.mode == "rl" else self.population
+        return for_training(pop, self.population_scores, self.config.population_size)
 
     def best_harness(self) -> Harness:
         """The best *evaluated* member (the first member while none is scored)."""
-        return self._ranked_population()[0]
+        return ranked(self.population, self.population_scores)[0]
 
     # ================================================================== steps
     def fast_step(self, *, train_examples=None, val_examples=None) -> Any:
@@ -247,11 +242,18 @@ class Session:
                                                     "population": [h.id for h in self._train_population()]})
                 if self.counters["rl_step"] % self.config.checkpoint_every == 0:
                     self._checkpoint()
-                self._maybe_advance_stage()
+                if stage_done(self.stages, self.stage_idx, self.counters["stage_step"]):
+                    self._start_stage(self.stage_idx + 1)
                 self._save_state()
                 out.append(rec)
                 self.control.notify(records.progress("rl", i + 1, n, reward=rec.get("reward")))
         return out
+
+    def consolidate(self, n: int | None = None) -> list[dict]:
+        """``n`` consolidation steps (default ``config.consolidate.steps``): :mod:`fst_lab.consolidate`."""
+        from fst_lab.consolidate import session_consolidate
+
+        return session_consolidate(self, n)
 
     # ================================================================== evaluation
     def evaluate(self, split: str = "val", *, n: int | None = None, k: int | None = None,
@@ -294,10 +296,8 @@ class Session:
     def plasticity_probe(self, task: str, *, level: int = 1, steps: int = 2) -> dict:
         """From the current weights, a fresh RL run on a new task (and the same from the base weights)."""
         with self._working("plasticity probe"):
-            copies = {"trained": self.weights.copy, "base": lambda: copy.deepcopy(self.base_policy())}
-            out = evaluation.plasticity(copies, task, level=level, seed=self.config.seed,
-                                        population_size=self.config.population_size, slow_config=self.slow_config(),
-                                        steps=steps, out_dir=self.rundir.plasticity_dir)
+            out = evaluation.plasticity(self.weights, task, self.config, level=level, steps=steps,
+                                        out_dir=self.rundir.plasticity_dir)
             self._event("plasticity", task=task, **out)
             return out
 
@@ -382,38 +382,25 @@ class Session:
         self.control.unpause()
         self._event("unpause")
 
-    @property
-    def paused(self) -> bool:
-        return self.control.paused
+    # Read from any thread: a step runs (whoever called it: a notebook cell, a button, the CLI), what it is
+    # doing ("fast step", "slow step 2/4", "evaluate", ... or None), and whether the run is paused.
+    busy = property(lambda self: self.control.busy)
+    activity = property(lambda self: self.control.activity)
+    paused = property(lambda self: self.control.paused)
 
-    @property
-    def busy(self) -> bool:
-        """True while any public step runs (from any thread: a notebook cell, a button, the CLI)."""
-        return self.control.busy
-
-    @property
-    def activity(self) -> str | None:
-        """What the session is doing now ("fast step", "slow step 2/4", "evaluate", ...) or None."""
-        return self.control.activity
-
-    def _maybe_advance_stage(self) -> None:
-        st = self.stages[self.stage_idx]
-        if st.steps is None or self.counters["stage_step"] < st.steps or self.stage_idx + 1 >= len(self.stages):
-            return
-        self.stage_idx += 1
-        self.counters["stage"] = self.stage_idx
+    def _start_stage(self, idx: int) -> None:
+        """Switch to stage ``idx``: its task and seed harness (a fresh population), for the learner too."""
+        self.stage_idx = self.counters["stage"] = idx
         self.counters["stage_step"] = 0
-        self.task = self._make_task(self.stage_idx)
-        self.seed_harness = stage_harness(self.config, self.stage_idx)
-        self.population = [self.seed_harness]
-        self.population_scores = {}
+        self.task = self._make_task(idx)
+        self.seed_harness = stage_harness(self.config, idx)
+        self.population, self.population_scores = [self.seed_harness], {}
         self._store(self.seed_harness)
         self.rundir.write_current(self.population)
         if self.learner is not None:
             self.learner.set_task(self.task, self.task.examples("train"))
             self.learner.set_population(self._train_population())
-        self._event("stage", stage=self.stage_idx, task=self.stages[self.stage_idx].task,
-                    seed_harness=self.seed_harness.id)
+        self._event("stage", stage=idx, task=self.stages[idx].task, seed_harness=self.seed_harness.id)
 
     # ================================================================== persistence
     def _store(self, h: Harness) -> None:
@@ -457,9 +444,9 @@ class Session:
                 "stopped": self.control.stopped, "busy": self.busy, "activity": self.activity}
 
     def lineage(self) -> list[dict]:
-        return [{"id": h.id, "name": h.name, "origin": h.lineage.origin, "round": h.lineage.round,
-                 "parents": list(h.lineage.parents), "note": h.lineage.note, "in_population": h in self.population,
-                 "score": self.population_scores.get(h.id)} for h in self.harnesses.values()]
+        """Every harness of the run: id, name, origin, round, parents, note, in_population, score (None: not
+        evaluated)."""
+        return lineage_rows(self.harnesses.values(), self.population, self.population_scores)
 
     def close(self) -> None:
         """Release the trainer thread and models (the run directory stays resumable)."""

@@ -1,8 +1,10 @@
-"""Hand edits: a person's change to a harness becomes a new lineage node (origin ``manual``).
+"""The population: its ranking, the K harnesses the slow loop trains on, and hand edits.
 
-The session applies them (``Session.edit_harness``, or a file edited in ``RUN/harnesses/current/``);
-these functions build the new harness and find which member it replaces. The edit never inherits its
-parent's score: it reads "not evaluated" until a fast step or an evaluation scores it.
+A member without a score is "not evaluated" (a fresh hand edit: it never inherits its parent's score);
+it ranks after every scored member, so it is never "best" before it is scored, yet the slow loop still
+trains on it. A hand edit (``Session.edit_harness``, or a file edited in ``RUN/harnesses/current/``)
+becomes a new lineage node with origin ``manual``; these functions build it and find the member it
+replaces.
 
     >>> new = manual_edit(old, {"system_prompt": "Be terse.\\n"}, round=3, note="shorter")
     >>> new.lineage.origin, new.lineage.parents == (old.id,)
@@ -11,9 +13,27 @@ parent's score: it reads "not evaluated" until a fast step or an evaluation scor
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from fst_lab.harness import Harness, HarnessError
+
+
+def ranked(population: Sequence[Harness], scores: dict[str, float]) -> list[Harness]:
+    """Best score first; members not evaluated yet after the scored ones, in population order."""
+    return sorted(population, key=lambda h: -scores.get(h.id, float("-inf")))
+
+
+def for_training(population: Sequence[Harness], scores: dict[str, float], k: int) -> list[Harness]:
+    """Exactly ``k`` harnesses for the slow loop, best first (cycled when the population is smaller)."""
+    pop = ranked(population, scores)
+    return [pop[i % len(pop)] for i in range(k)]
+
+
+def lineage_rows(harnesses: Iterable[Harness], population: Sequence[Harness], scores: dict[str, float]) -> list[dict]:
+    """One row per harness for lineage views (``score`` None: not evaluated)."""
+    return [{"id": h.id, "name": h.name, "origin": h.lineage.origin, "round": h.lineage.round,
+             "parents": list(h.lineage.parents), "note": h.lineage.note, "in_population": h in population,
+             "score": scores.get(h.id)} for h in harnesses]
 
 
 def manual_edit(old: Harness, updates: dict[str, str] | Harness, *, round: int, note: str = "",
