@@ -5,6 +5,7 @@
     fst-lab resume RUN_DIR                             continue a stopped or crashed run
     fst-lab eval RUN_DIR [--ablation]                  evaluate a run's policy + best harness
     fst-lab compare RUN_DIR [RUN_DIR ...] [--out DIR]  table + PNG plots (reward vs samples, KL vs reward)
+    fst-lab consolidate RUN_DIR [--steps N]            distil the evolved harness into the weights
     fst-lab demo                                       a small real FST run on the embedded model (make demo)
     fst-lab prepare                                    convert the embedded model once into the cache
     fst-lab app [--runs-root runs]                     the Gradio demo (same as `python app.py`)
@@ -77,6 +78,9 @@ def _start_session(cfg, config_path: str | None):
     from fst_lab.session import Session
 
     try:
+        from fst_lab.plan import refuse_placeholders
+
+        refuse_placeholders(cfg)  # configs/paper/*.yaml name no model until you fill one in
         _check_model(cfg.model)
         return Session(cfg)
     except ModelNotFoundError as e:
@@ -204,6 +208,28 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_consolidate(args) -> int:
+    """Distil a run's evolved harness into its weights: ``--steps`` consolidation steps, then a summary."""
+    view = _run_view(args.run_dir, config=True)
+    from fst_lab.consolidate import ConsolidationError
+
+    # What Session.consolidate would refuse, refused here first: resuming already writes to the run.
+    if view.config.get("mode") == "gepa":
+        raise ConsolidationError(f"{args.run_dir}: mode 'gepa' freezes the weights: no consolidation steps")
+    seed = view.state.get("seed_harness")
+    if not [h for h in view.state.get("population") or [] if h != seed]:
+        raise ConsolidationError(f"{args.run_dir}: nothing to distil: the population holds only the seed harness "
+                                 "(no fast step has evolved one); run a fast step first")
+    from fst_lab.session import Session
+
+    s = Session.resume(args.run_dir)
+    for r in s.consolidate(args.steps):
+        print("consolidate step {}: {}".format(r.get("consolidate_step"), ", ".join(
+            f"{k} {r[k]:.4g}" for k in ("loss", "kl_teacher", "reward") if isinstance(r.get(k), (int, float)))))
+    _print_summary([s.run_dir])
+    return 0
+
+
 def _print_summary(run_dirs) -> None:
     from fst_lab.report import compare_runs
 
@@ -297,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("compare", _cmd_compare, "compare runs: table + PNG plots")
     sp.add_argument("run_dirs", nargs="+")
     sp.add_argument("--out", default="runs/compare")
+    sp = cmd("consolidate", _cmd_consolidate, "distil a run's evolved harness into its weights")
+    sp.add_argument("run_dir")
+    sp.add_argument("--steps", type=_int_at_least(1), default=None,
+                    help="consolidation steps (default: the run config's consolidate.steps)")
     sp = cmd("demo", _cmd_demo, "a small real FST run on the embedded model")
     sp.add_argument("--task", default="math")
     sp.add_argument("--runs-root", dest="runs_root", default="runs")

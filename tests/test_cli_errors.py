@@ -59,6 +59,7 @@ def _setup(tmp: Path) -> None:
     (tmp / "model_hub.yaml").write_text(_yaml({**SMALL, "model": "nobody-xyz/no-such-model-123"}))
     (tmp / "level.yaml").write_text(_yaml({**SMALL, "level": 9}))
     (tmp / "good.yaml").write_text(_yaml(SMALL))
+    (tmp / "placeholder.yaml").write_text(_yaml({**SMALL, "model": "FILL_IN/policy"}))
     (tmp / "a_file").write_text("not a directory\n")
     (tmp / "not_a_run").mkdir()
     (tmp / "not_a_run" / "notes.txt").write_text("hello\n")
@@ -69,6 +70,7 @@ def _setup(tmp: Path) -> None:
     (tmp / "runs" / "broken_config" / "config.yaml").write_text("mode: [fst\n")
     _fake_run(tmp / "runs" / "edited_config")
     (tmp / "runs" / "edited_config" / "config.yaml").write_text(_yaml({**SMALL, "slow": {"lr": 0.1}}))
+    _fake_run(tmp / "runs" / "gepa", mode="gepa")
     _fake_run(tmp / "runs" / "no_state")
     (tmp / "runs" / "no_state" / "state.json").unlink()
 
@@ -95,6 +97,7 @@ CASES = [
     ("run-model-path-missing", ["run", "model_path.yaml"], ["model_path.yaml:4: model:", "no_such_model"]),
     ("run-model-not-cached", ["run", "model_hub.yaml"], ["model_hub.yaml:4: model:",
                                                           "nobody-xyz/no-such-model-123"]),
+    ("run-placeholder-model", ["run", "placeholder.yaml"], ["placeholder.yaml:4: model:", "placeholder"]),
     ("run-bad-number", ["run", "good.yaml", "--cycles", "many"], ["--cycles", "'many'"]),
     ("run-negative-number", ["run", "good.yaml", "--cycles", "-1"], ["--cycles", "-1"]),
     ("run-bad-mode", ["run", "good.yaml", "--mode", "turbo"], ["--mode", "turbo"]),
@@ -121,6 +124,13 @@ CASES = [
     ("compare-not-a-run", ["compare", "runs/good", "not_a_run"], ["not_a_run", "config.yaml"]),
     ("compare-broken-state", ["compare", "runs/good", "runs/broken_state"], ["broken_state", "state.json"]),
     ("compare-out-is-file", ["compare", "runs/good", "--out", "a_file/plots"], ["a_file", "not a directory"]),
+    # consolidate: refused before the run is resumed (resuming writes to it)
+    ("consolidate-no-dir", ["consolidate", "no/such/run"], ["no/such/run"]),
+    ("consolidate-not-a-run", ["consolidate", "not_a_run"], ["not_a_run", "config.yaml"]),
+    ("consolidate-nothing-evolved", ["consolidate", "runs/good"], ["runs/good", "nothing to distil"]),
+    ("consolidate-gepa-run", ["consolidate", "runs/gepa"], ["runs/gepa", "mode 'gepa'"]),
+    ("consolidate-bad-steps", ["consolidate", "runs/good", "--steps", "0"], ["--steps", "0"]),
+    ("consolidate-edited-config", ["consolidate", "runs/edited_config"], ["edited_config/config.yaml:", "slow.lr"]),
     # app / demo / prepare options
     ("app-bad-port", ["app", "--port", "99999"], ["--port", "99999"]),
     ("app-port-not-number", ["app", "--port", "http"], ["--port", "'http'"]),
