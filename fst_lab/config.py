@@ -430,10 +430,67 @@ def _yaml_lines(text: str) -> dict[str, int]:
     return out
 
 
-def help_table() -> str:
-    """Markdown table of every field with its default and help (for docs/CONFIG.md)."""
+def help_table(cls: type = None) -> str:
+    """Markdown table of every field of ``cls`` (default: FSTConfig) with its default and help (docs/CONFIG.md).
+    Fields that FSTConfig states once at its top level are marked in the loop configs' tables."""
+    cls = cls or FSTConfig
+    shared = next((sh for key, (c, sh) in LOOPS.items() if c is cls), {})
     rows = ["| field | default | help |", "|---|---|---|"]
-    for f in fields(FSTConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append(f"| `{f.name}` | `{default!r}` | {f.metadata.get('help', '')} |")
+    for f in fields(cls):
+        if f.name in shared:
+            default, note = f"top level `{shared[f.name]}`", " *(Set at the top level only.)*"
+        else:
+            v = _default(f)
+            default, note = ("`{...}`" if f.name in LOOPS and cls is FSTConfig else f"`{v!r}`"), ""
+        text = " ".join(str(f.metadata.get("help", "")).split()).replace("|", "\\|")
+        rows.append(f"| `{f.name}` | {default} | {text}{note} |")
     return "\n".join(rows)
+
+
+def config_doc() -> str:
+    """The text of docs/CONFIG.md (``python -c "from fst_lab.config import config_doc; print(config_doc())"``)."""
+    parts = [_DOC_HEAD]
+    for key, title in (("", "Top level (`FSTConfig`)"), ("fast", "`fast:` — the fast loop (`FastConfig`)"),
+                       ("slow", "`slow:` — the slow loop (`SlowConfig`)"),
+                       ("consolidate", "`consolidate:` — consolidation steps (`ConsolidateConfig`)")):
+        cls = LOOPS[key][0] if key else FSTConfig
+        doc = " ".join((cls.__doc__ or "").split("\n\n")[0].split())
+        parts.append(f"## {title}\n\n{doc}\n\n{help_table(cls)}\n")
+    return "\n".join(parts)
+
+
+_DOC_HEAD = """# Run config
+
+One YAML file describes a run (`fst-lab run CONFIG.yaml`, `Session("CONFIG.yaml")`); every key is
+optional and defaults follow the paper (App. D) where it has one. This file is generated from the
+dataclasses' help texts: `python -c "from fst_lab.config import config_doc; print(config_doc())" > docs/CONFIG.md`.
+
+```yaml
+mode: fst              # fst | rl (fixed seed harness) | gepa (frozen weights)
+task: math
+cycles: 2
+population_size: 4     # K: stated once here, used by fast and slow
+num_generations: 8     # G: K must divide G
+seed: 0                # one seed for data, GEPA, RL and consolidation
+schedule: "p -> w*6"   # p = GEPA round, w = RL step, c = consolidation step
+fast:
+  budget_passes: 3
+slow:
+  learning_rate: 1.0e-4   # write 1.0e-4 or 0.0001 (YAML 1.1 reads 1e-4 as text; the config accepts both)
+consolidate:
+  method: kl
+```
+
+**Stated once.** `population_size` (K), `num_generations` (G), `seed`, `max_new_tokens`,
+`prompts_per_step` and `report_to` live at the top level and flow into `fast`, `slow` (and `seed` /
+`max_new_tokens` into `consolidate`); `slow.max_completion_length` is `max_new_tokens`. Repeating one
+inside a section with another value is refused. `config.fast`, `config.slow` and `config.consolidate` are
+the typed configs the loops run with.
+
+**Checked before anything is written.** Unknown keys (with the closest name), wrong types, values out
+of range, K not dividing G, unknown tasks and levels, schedules the mode can't run: each is a
+`ConfigError` naming file, line and field, e.g.
+`c.yaml:9: fast.budget_pases: unknown key; did you mean budget_passes?` — and no run directory is
+created. `fst-lab run --dry-run CONFIG` prints what a valid config would do (see docs/ERRORS.md for the
+command line's errors).
+"""

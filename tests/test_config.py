@@ -220,3 +220,17 @@ def test_bad_config_writes_nothing(tmp_path):
         with pytest.raises(ConfigError):
             Session({**bad, "runs_root": str(tmp_path)})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_config_docs_are_generated_from_the_help_texts():
+    from pathlib import Path
+
+    from fst_lab.config import config_doc
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md"
+    assert doc.read_text(encoding="utf-8") == config_doc() + "\n", (
+        'docs/CONFIG.md is stale: python -c "from fst_lab.config import config_doc; print(config_doc())" '
+        "> docs/CONFIG.md")
+    for cls in (FSTConfig, FastConfig, SlowConfig):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
