@@ -103,6 +103,7 @@ CASES = [
     ("run-bad-mode", ["run", "good.yaml", "--mode", "turbo"], ["--mode", "turbo"]),
     ("run-override-task", ["run", "good.yaml", "--task", "chess"], ["task", "unknown task 'chess'"]),
     ("run-runs-root-is-file", ["run", "good.yaml", "--runs-root", "a_file"], ["a_file", "not a directory"]),
+    ("run-dir-exists", ["run", "good.yaml", "--run-name", "good"], ["runs/good", "already"]),
     ("run-dry-run-missing", ["run", "--dry-run", "missing.yaml"], ["missing.yaml", "not found"]),
     ("run-dry-run-typo", ["run", "--dry-run", "typo.yaml"], ["typo.yaml:6:", "fast.budget_pases"]),
     # resume / eval: run directories
@@ -237,3 +238,26 @@ def test_dry_run_prints_a_plan_and_writes_nothing(workdir, capsys):
     out, err = capsys.readouterr()
     assert out.strip() and not err
     assert _snapshot(workdir) == before
+
+
+def test_every_fst_lab_error_is_an_fst_lab_error():
+    """One family: every public ``...Error`` class in fst_lab derives from FstLabError (the UIs are left out
+    of the scan only because importing them loads gradio/ipywidgets)."""
+    import importlib
+    import pkgutil
+
+    import fst_lab
+    from fst_lab.errors import FstLabError
+
+    found = {}
+    for mod in pkgutil.walk_packages(fst_lab.__path__, "fst_lab."):
+        if mod.name.startswith(("fst_lab.app", "fst_lab.ui")):
+            continue
+        m = importlib.import_module(mod.name)
+        for name, obj in vars(m).items():
+            if isinstance(obj, type) and issubclass(obj, Exception) and name.endswith("Error") \
+                    and not name.startswith("_") and obj.__module__.startswith("fst_lab"):
+                found[f"{obj.__module__}.{name}"] = obj
+    assert {"fst_lab.errors.ConfigError", "fst_lab.harness.HarnessError", "fst_lab.runs.RunDirError",
+            "fst_lab.session.SessionError", "fst_lab.tasks.user.TaskDataError"} <= set(found)
+    assert [n for n, c in found.items() if not issubclass(c, FstLabError)] == []
