@@ -210,8 +210,8 @@ class FSTConfig:
     run_name: str | None = _f(None, "Run directory name (None: <mode>-<task>-<timestamp>).")
     checkpoint_every: int = _f(1, "Save adapter + optimizer state every N RL steps (resume loses nothing after it).")
     save_rollouts: int = _f(8, "Trajectories per step written to rollouts/ for the browsers.")
-    report_to: str = _f("none", "Passed to TRL: none | trackio | wandb | mlflow (JSONL is always written). Flows "
-                                "into slow.")
+    report_to: str | list[str] = _f("none", "Passed to TRL: none | trackio | wandb | mlflow, or a list of them (JSONL "
+                                            "is always written). Flows into slow.")
 
     def __post_init__(self):
         self.validate()
