@@ -6,9 +6,12 @@ field where there is one (``c.yaml:7: fast.budget_pases: unknown key; did you me
 The command line prints them as ``fst-lab: error: <message>`` with exit code 2 and keeps tracebacks for
 real bugs (docs/ERRORS.md); the app and the dashboard show the same line.
 
-The classes live beside the code that raises them (``ConfigError`` in config.py, ``HarnessError`` in
-harness.py, ...) and keep their older bases too (``ValueError``, ``RuntimeError``, ``FileNotFoundError``),
-so callers that caught those still do::
+The classes live beside the code that raises them (``HarnessError`` in harness.py, ``TaskDataError`` in
+tasks/user.py, ``RunDirError`` in runs.py, ``SessionError`` in session.py, ``ModelNotFoundError`` in
+models.py, ``ReflectionError`` in lm.py, ``ConsolidationError`` in consolidate.py, ``UsageError`` in
+cli.py); ``ConfigError`` lives here because config.py and loop_configs.py both raise it (import it from
+``fst_lab.config``). Each keeps its older base too (``ValueError``, ``RuntimeError``,
+``FileNotFoundError``), so callers that caught those still do::
 
     >>> from fst_lab.errors import FstLabError
     >>> from fst_lab.config import ConfigError, FSTConfig
