@@ -310,8 +310,8 @@ class Check:
         if not files:
             return None, "no test is marked gpu"
         cmd = [sys.executable, "-m", "pytest", "--gpu", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
-               "--timeout", str(int(max(30, timeout))), *files]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout + 30)
+               "--timeout", str(int(max(20, timeout - 10))), *files]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
         tail = (proc.stdout + proc.stderr)[-2500:]
         if proc.returncode not in (0, 5):
             raise RuntimeError(f"pytest exited {proc.returncode}: {tail}")
@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="also write the JSON report here")
     ap.add_argument("--imports-out", default=None, help="write the distributions the check imported here (JSON)")
     ap.add_argument("--no-pytest", action="store_true", help="skip `pytest --gpu -m gpu`")
-    ap.add_argument("--budget", type=float, default=420.0, help="seconds for all checks (default 420)")
+    ap.add_argument("--budget", type=float, default=420.0, help="seconds for all checks, pytest included "
+                    "(default 420); a check not started by then fails as 'not started'")
     ap.add_argument("--only", default=None, help="comma-separated subset of checks (debugging)")
     args = ap.parse_args(argv)
 
@@ -371,23 +372,31 @@ def main(argv: list[str] | None = None) -> int:
     plan: list[tuple[str, Callable]] = [("env", chk.env), ("backend", chk.backend), ("cispo", chk.cispo),
                                         ("resume", chk.resume), ("fast", chk.fast), ("vllm", chk.vllm)]
     if not args.no_pytest:
-        plan.append(("pytest", lambda: chk.pytest(max(60.0, t0 + args.budget + 60 - time.time()))))
+        plan.append(("pytest", lambda: chk.pytest(max(30.0, t0 + args.budget - 10 - time.time()))))
     only = set(args.only.split(",")) if args.only else None
+
+    def report(final: bool) -> dict:
+        failed = [r["name"] for r in chk.results if r["ok"] is False]
+        rep = {"check": "fst_lab gpu/check.py", "branch": "cpu" if args.cpu else "gpu",
+               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "complete": final, "ok": final and not failed,
+               "failed": failed, "not_checked": [r["name"] for r in chk.results if r["ok"] is None],
+               "seconds": round(time.time() - t0, 1), "checks": chk.results}
+        if args.out:  # after every check: a run killed at its time limit still leaves what it found
+            tmp = Path(args.out).with_suffix(".tmp")
+            tmp.write_text(json.dumps(rep, indent=1, default=str) + "\n")
+            tmp.replace(args.out)
+        return rep
+
     for name, fn in plan:
         if only is None or name in only:
             chk.run(name, fn)
+            report(final=False)
     learner = chk.state.pop("learner", None)
     if learner is not None:
         learner.close()
-    failed = [r["name"] for r in chk.results if r["ok"] is False]
-    report = {"check": "fst_lab gpu/check.py", "branch": "cpu" if args.cpu else "gpu",
-              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "ok": not failed, "failed": failed,
-              "not_checked": [r["name"] for r in chk.results if r["ok"] is None],
-              "seconds": round(time.time() - t0, 1), "checks": chk.results}
-    text = json.dumps(report, indent=1, default=str)
-    print(text, flush=True)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    final = report(final=True)
+    failed = final["failed"]
+    print(json.dumps(final, indent=1, default=str), flush=True)
     if args.imports_out:
         Path(args.imports_out).write_text(json.dumps(imported_distributions(), indent=1) + "\n")
     return 0 if not failed else 1
