@@ -214,11 +214,15 @@ class _eval_mode:
 
 
 def frozen_copy(model):
-    """An independent, frozen copy of ``model`` (the teacher snapshot). PEFT models stay PEFT models, so
-    their trainable tensors can be saved and restored by name (see :meth:`Consolidator.save_state`)."""
+    """An independent, frozen copy of ``model`` (the teacher snapshot). Its formerly trainable parameters are
+    listed in ``model._fst_snapshot_names`` so that exactly those can be saved and restored (a deepcopy of a
+    PEFT model guarded by :func:`fst_lab.backends.install_copy_guard` comes back as the inner model, with the
+    LoRA layers but other parameter names)."""
     m = copy.deepcopy(model)
+    names = trainable_names(m)
     m.requires_grad_(False)
     m.eval()
+    m._fst_snapshot_names = names
     return m
 
 
@@ -258,7 +262,7 @@ class Consolidator:
         >>> from fst_lab.models import tiny_policy
         >>> c = Consolidator(tiny_policy(), task, [evolved], minimal_harness(seed, "none"),
         ...                  ConsolidateConfig(prompts_per_step=2, max_new_tokens=8))
-        >>> c.step(1)[-1]["kl_teacher"]
+        >>> c.step(1)[-1]["kl_teacher"]          # mean per-token KL(student || teacher) on the step's samples
     """
 
     def __init__(self, policy: "Policy", task: "Task", teachers: Sequence[Harness], student: Harness,
@@ -382,9 +386,9 @@ class Consolidator:
         rewards = [float(t.reward) for t in trajs]
         mean = sum(rewards) / len(rewards) if rewards else float("nan")
         std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards)) if rewards else float("nan")
-        return {"consolidate_step": self.steps_done + 1, "method": self.config.method,
+        return {"step": self.steps_done + 1, "method": self.config.method,
                 "student": self.config.student, "student_harness": self.student.id,
-                "teachers": [h.id for h in self.teachers], "reward": mean, "reward_std": std,
+                "teacher": [h.id for h in self.teachers], "reward": mean, "reward_std": std,
                 "rollouts": len(trajs), **fields, "step_seconds": time.perf_counter() - t0}
 
     def _sft_step(self) -> dict:
@@ -457,7 +461,7 @@ class Consolidator:
         return mean_kl(self.policy.model, self.teacher_model, self._heldout, support="full")
 
     # ------------------------------------------------------------------ resume
-    def save_state(self, directory: str | os.PathLike) -> Path:
+    def save_state(self, directory: str | os.PathLike, *, extra: dict | None = None) -> Path:
         """Counters, harnesses, the consolidation optimizer, the teacher snapshot's trainable tensors and the
         student's (safetensors; the optimizer state through torch.save, loaded back with weights_only)."""
         import torch
@@ -466,14 +470,14 @@ class Consolidator:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         tparams = dict(self.teacher_model.named_parameters())
-        save_file({n: tparams[n].detach().contiguous().cpu() for n in self._names if n in tparams},
-                  str(d / "teacher.safetensors"))
+        tnames = getattr(self.teacher_model, "_fst_snapshot_names", None) or list(tparams)
+        save_file({n: tparams[n].detach().contiguous().cpu() for n in tnames}, str(d / "teacher.safetensors"))
         sparams = dict(self.policy.model.named_parameters())
         save_file({n: sparams[n].detach().contiguous().cpu() for n in self._names}, str(d / "student.safetensors"))
         torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
         meta = {"format": STATE_FORMAT, "steps_done": self.steps_done, "samples": self.samples,
                 "config": self.config.to_dict(), "student": self.student.to_dict(),
-                "teachers": [h.to_dict() for h in self.teachers]}
+                "teachers": [h.to_dict() for h in self.teachers], **(extra or {})}
         atomic_write_text(d / STATE_FILE, json.dumps(meta, indent=1))  # last: marks the folder complete
         return d
 
@@ -490,17 +494,27 @@ class Consolidator:
         meta = json.loads(f.read_text())
         if meta.get("format") != STATE_FORMAT:
             raise ConsolidationError(f"{f}: unknown consolidation checkpoint format {meta.get('format')!r}")
-        saved = [h["lineage"]["id"] if "lineage" in h else "" for h in meta["teachers"]]
-        if saved != [h.id for h in self.teachers]:
-            log.warning("%s: teachers differ from the saved ones (%s vs %s); using the saved ones", f, saved,
-                        [h.id for h in self.teachers])
-            self.teachers = tuple(Harness.from_dict(h) for h in meta["teachers"])
+        saved = tuple(Harness.from_dict(h) for h in meta["teachers"])
+        if [h.id for h in saved] != [h.id for h in self.teachers]:
+            log.warning("%s: teachers differ from the saved ones (%s vs %s); using the saved ones", f,
+                        [h.id for h in saved], [h.id for h in self.teachers])
+            self.teachers = saved
         _load_named(self.teacher_model, load_file(str(d / "teacher.safetensors")), f"{d}/teacher.safetensors")
         if weights:
             _load_named(self.policy.model, load_file(str(d / "student.safetensors")), f"{d}/student.safetensors")
         self.optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
         self.steps_done = int(meta["steps_done"])
         self.samples = int(meta["samples"])
+
+
+    @staticmethod
+    def saved_meta(directory: str | os.PathLike) -> dict | None:
+        """The ``consolidate_state.json`` of a checkpoint folder, or None when there is none."""
+        f = Path(directory) / STATE_FILE
+        try:
+            return json.loads(f.read_text()) if f.exists() else None
+        except ValueError:
+            return None
 
 
 def _load_named(model, tensors: dict, source: str) -> None:
@@ -620,3 +634,101 @@ class DistillTerm:
         self.last_kl = kl_sum / n_tok
         self.values.append(self.last_kl)
         return self.coef * total / n_tok
+
+
+# ---------------------------------------------------------------------------- the session step
+CHECKPOINT_SUBDIR = "consolidate"  # inside a session checkpoint folder, next to the slow learner's files
+
+
+def _phase_key(session, teachers: Sequence[Harness], student: Harness) -> str:
+    """A consolidation phase lasts while nothing else changes the weights or the harnesses: the same RL
+    step, fast round, stage, teachers and student. A new phase takes a new teacher snapshot."""
+    c = session.counters
+    return (f"rl{c['rl_step']}|fast{c['fast_round']}|stage{c['stage']}|teachers:{','.join(h.id for h in teachers)}"
+            f"|student:{student.id}")
+
+
+def session_consolidate(session, n: int | None = None) -> list[dict]:
+    """``Session.consolidate(n)``: ``n`` consolidation steps on the session's live weights (default
+    ``config.consolidate.steps``), one ``consolidate`` record each, a checkpoint after every step (the
+    slow learner's files plus this phase's teacher snapshot and optimizer), the stop file and pause honoured
+    between steps. Raises :class:`ConsolidationError` before touching anything when no harness has evolved.
+    """
+    from fst_lab import records
+
+    cfg = getattr(session.config, "consolidate", None)
+    if not isinstance(cfg, ConsolidateConfig):
+        cfg = ConsolidateConfig(**(cfg or {})) if isinstance(cfg, dict) else ConsolidateConfig()
+    if cfg.max_new_tokens is None:
+        cfg = dataclasses.replace(cfg, max_new_tokens=session.config.max_new_tokens)
+    n = cfg.steps if n is None else int(n)
+    if session.config.mode == "gepa":
+        from fst_lab.session import SessionError
+
+        raise SessionError("mode 'gepa' freezes the weights: no consolidation steps")
+    # Everything that can refuse does so before anything is written or built.
+    teachers = evolved_teachers(session.population, session.seed_harness, cfg.teacher, session.population_scores)
+    student = minimal_harness(session.seed_harness, cfg.student, cfg.student_system_prompt)
+    out: list[dict] = []
+    with session._working(f"consolidate 0/{n}") as act:
+        for i in range(n):
+            if i and session.control.paused:
+                act[0] = f"paused before consolidation step {i + 1}/{n}"
+                session.control.wait_unpaused()
+            if session.control.stop_requested():
+                break
+            act[0] = f"consolidate {i + 1}/{n}"
+            session.control.notify(records.progress("consolidate", i, n))
+            cons = _consolidator(session, teachers, student, cfg)
+            t0 = time.time()
+            m = cons.step(1)[-1]
+            session.counters["consolidate_step"] += 1
+            session.counters["samples_distill"] += int(m["rollouts"])
+            session._save_rollouts(cons.last_trajectories, f"consolidate_{session.counters['consolidate_step']:06d}")
+            fields = {k: v for k, v in m.items() if k != "step"}
+            rec = session._record(records.CONSOLIDATE, **fields, seconds=time.time() - t0)
+            _checkpoint(session, cons)
+            session._save_state()
+            if not out:  # what is distilled from which harness, once per call
+                session._event("consolidate", phase=session._consolidation[0], method=cfg.method,
+                               teacher=[h.id for h in teachers], teacher_names=[h.name for h in teachers],
+                               student=cfg.student, student_harness=student.id,
+                               consolidate_step=session.counters["consolidate_step"])
+            out.append(rec)
+            session.control.notify(records.progress("consolidate", i + 1, n, kl_teacher=rec.get("kl_teacher")))
+    return out
+
+
+def _consolidator(session, teachers, student, cfg) -> Consolidator:
+    """The live phase's Consolidator; a new one (new teacher snapshot) when the phase changed; restored from
+    the session's checkpoint when a resumed run stopped in the middle of a phase."""
+    key = _phase_key(session, teachers, student)
+    live = getattr(session, "_consolidation", None)
+    if live is not None and live[0] == key:
+        return live[1]
+    learner = session._ensure_slow()
+    cons = Consolidator(learner.policy, session.task, teachers, student, cfg)
+    ck = session.checkpoint and session.rundir.checkpoint_dir(session.checkpoint) / CHECKPOINT_SUBDIR
+    meta = Consolidator.saved_meta(ck) if ck else None
+    if meta and meta.get("phase") == key:
+        cons.load_state(ck, weights=False)  # the learner's checkpoint already restored the weights
+    session._consolidation = (key, cons)
+    return cons
+
+
+def _checkpoint(session, cons: Consolidator) -> None:
+    """Checkpoint after a consolidation step (the weights changed): the slow learner's state plus this
+    phase's consolidation state, under the RL step's checkpoint name (replaced in place)."""
+    name = f"step_{session.counters['rl_step']:06d}"
+    key = session._consolidation[0]
+
+    def save(d):
+        session.learner.save_state(d)
+        cons.save_state(Path(d) / CHECKPOINT_SUBDIR, extra={"phase": key,
+                                                            "consolidate_step": session.counters["consolidate_step"]})
+
+    session.rundir.write_checkpoint(name, save)
+    prev, session.checkpoint = session.checkpoint, name
+    session._save_state()
+    if prev and prev != name:
+        session.rundir.remove_checkpoint(prev)

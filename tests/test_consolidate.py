@@ -137,9 +137,9 @@ def test_consolidation_lowers_heldout_kl_and_changes_weights(task, seed, evolved
     assert kl0 > 0.1, "student and teacher contexts should disagree before consolidation"
     recs = c.step(6)
     kl1 = c.heldout_kl()
-    assert [r["consolidate_step"] for r in recs] == list(range(1, 7))
+    assert [r["step"] for r in recs] == list(range(1, 7))
     assert all(r["rollouts"] == 8 and r["tokens"] > 0 for r in recs)
-    assert recs[0]["teachers"] == [evolved.id] and recs[0]["student_harness"] == student.id
+    assert recs[0]["teacher"] == [evolved.id] and recs[0]["student_harness"] == student.id
     assert kl1 < 0.85 * kl0, f"held-out KL to the teacher did not drop: {kl0:.4f} -> {kl1:.4f}"
     assert any(not torch.equal(before_w[n], p) for n, p in c.policy.model.named_parameters() if n in before_w)
     # the teacher is a frozen snapshot: consolidation never moves it
@@ -158,7 +158,7 @@ def test_lora_student_and_population_teachers(task, seed, evolved):
     assert names and all("lora" in n for n in names)
     before = _weights(c.policy.model)
     rec = c.step(2)[-1]
-    assert rec["teachers"] == [evolved.id, other.id] and rec["kl_teacher"] >= 0
+    assert rec["teacher"] == [evolved.id, other.id] and rec["kl_teacher"] >= 0
     assert any(not torch.equal(before[n], p) for n, p in c.policy.model.named_parameters() if n in before)
     with pytest.raises(ConfigError, match="multiple of the 2 teacher"):
         Consolidator(make_tiny(seed=2), task, [evolved, other], seed, _cfg(teacher="population",
@@ -176,7 +176,7 @@ def test_save_and_resume_continue_identically(task, seed, evolved, tmp_path):
     b.load_state(tmp_path / "ck")
     assert (b.steps_done, b.samples) == (2, 8)
     got = b.step(1)[-1]
-    assert got["consolidate_step"] == want["consolidate_step"] == 3
+    assert got["step"] == want["step"] == 3
     assert got["kl_teacher"] == pytest.approx(want["kl_teacher"], rel=1e-5)
     for (n, p), (_, q) in zip(a.policy.model.named_parameters(), b.policy.model.named_parameters()):
         assert torch.allclose(p, q, atol=1e-6), n
@@ -278,3 +278,69 @@ def test_benchmark_smoke_runs_end_to_end(tmp_path):
     assert row["tokens_saved_per_query"] > 0 and row["heldout_kl_before"] >= 0
     assert (tmp_path / "consolidate.json").exists()
     assert "share of the harness gain kept" in bench.markdown(res)
+
+
+# ---------------------------------------------------------------------------- in a session (run directory)
+def _session(tmp_path, name, **kw):
+    from fst_lab.config import FSTConfig
+    from fst_lab.models import tiny_policy
+    from fst_lab.session import Session
+
+    base = dict(task="math", cycles=1, steps_per_cycle=1, population_size=1, num_generations=2, prompts_per_step=1,
+                fast_train_size=2, fast_val_size=2, eval_size=2, max_new_tokens=6, fast={"budget_passes": 1},
+                slow={"learning_rate": 1e-3}, runs_root=str(tmp_path), run_name=name, seed=0, save_rollouts=2)
+    base.update(kw)
+    s = Session(FSTConfig(**base), policy=tiny_policy(seed=0), progress=False)
+    s.config.consolidate = ConsolidateConfig(prompts_per_step=1, samples_per_prompt=2, learning_rate=1e-2)
+    return s
+
+
+def _tree(d):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_session_consolidation_without_an_evolved_harness_errors_and_writes_nothing(tmp_path):
+    from fst_lab.consolidate import session_consolidate
+
+    s = _session(tmp_path, "none")
+    before = _tree(s.run_dir)
+    with pytest.raises(ConsolidationError, match="nothing to distil"):
+        session_consolidate(s, 2)
+    assert _tree(s.run_dir) == before and s.learner is None and s.counters["consolidate_step"] == 0
+    s.close()
+
+
+def test_session_consolidation_stops_and_resumes_with_the_same_counters(tmp_path):
+    from fst_lab import records
+    from fst_lab.consolidate import session_consolidate
+    from fst_lab.models import tiny_policy
+    from fst_lab.runs import load_run
+    from fst_lab.session import Session
+
+    long_prompt = {"system_prompt": "You are a meticulous arithmetic tutor. Add and subtract step by step, check "
+                                    "every step twice, then end with 'Answer: <number>'."}
+    a = _session(tmp_path, "a")
+    a.edit_harness(0, long_prompt)  # the 'evolved' harness: a hand edit (origin manual)
+    want = session_consolidate(a, 2)
+    a.close()
+
+    b = _session(tmp_path, "b")
+    b.edit_harness(0, long_prompt)
+    b.listeners.append(lambda rec: rec.get("kind") == "consolidate" and b.request_stop())
+    got = session_consolidate(b, 2)  # the stop lands after the first step
+    assert len(got) == 1 and b.counters["consolidate_step"] == 1 and b.counters["samples_distill"] == 2
+    b.close()
+    ev = [e for e in load_run(b.run_dir).events if e.get("event") == "consolidate"]
+    assert ev and ev[0]["teacher"] == [b.population[0].id] and ev[0]["student"] == "short"
+
+    r = Session.resume(b.run_dir, policy=tiny_policy(seed=0), progress=False)
+    r.config.consolidate = b.config.consolidate
+    assert (r.counters["consolidate_step"], r.counters["samples_distill"], r.counters["rl_step"]) == (1, 2, 0)
+    rest = session_consolidate(r, 1)
+    assert rest[0]["consolidate_step"] == 2 and rest[0]["samples_distill"] == 4
+    # same teacher snapshot, weights and optimizer as the run that was never stopped
+    assert rest[0]["kl_teacher"] == pytest.approx(want[1]["kl_teacher"], rel=1e-4)
+    r.close()
+    recs = [x for x in load_run(b.run_dir).metrics if x["kind"] == records.CONSOLIDATE]
+    assert [x["consolidate_step"] for x in recs] == [1, 2]
+    assert all(x["samples"] == 0 for x in recs), "student rollouts must stay off the RL/fast sample axis"
