@@ -182,6 +182,9 @@ class _StreamingModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
+    def __call__(self, *args, **kwargs):  # a forward pass (e.g. a prefix) is not generation: no streaming
+        return self._model(*args, **kwargs)
+
     def generate(self, *args, **kwargs):
         from transformers import StoppingCriteriaList
 
@@ -226,7 +229,9 @@ class _TapPolicy:
         if isinstance(self.inner, Policy) and hasattr(model, "generate"):
             emit = lambda side, text: self.events.put(("text", side, text))  # noqa: E731
             factory = lambda: _SideStreamer(self.inner.tokenizer, sides, emit, self.cancel)  # noqa: E731
-            streaming = dataclasses.replace(self.inner, model=_StreamingModel(model, factory, self.cancel))
+            # one plain generate() per turn, so the streamer sees every token (no shared-prefix cache path)
+            streaming = dataclasses.replace(self.inner, model=_StreamingModel(model, factory, self.cancel),
+                                            prefix_cache=False)
             gens = streaming.generate_text(prompts, **kw)
         else:
             gens = self.inner.generate_text(prompts, **kw)
