@@ -76,7 +76,20 @@ def run_schedule(session, cycles: int, evaluate: bool) -> None:
                     raise
                 if bar is not None:
                     bar.update(1)
-            session.end_cycle(evaluate)
+            end_cycle(session, evaluate)
     finally:
         if bar is not None:
             bar.close()
+
+
+def end_cycle(session, evaluate: bool) -> None:
+    """Count a finished cycle: population snapshot, evaluation (optional), state."""
+    with session._working("end of cycle"):
+        session.counters["cycle"] += 1
+        session.counters["plan_pos"] = 0
+        # Snapshot before evaluate(): it saves state.json, and a cycle the state counts as done must
+        # already have its population snapshot (a crash in between would lose it).
+        session.rundir.write_population(session.counters, session.population, session.population_scores)
+        if evaluate:
+            session.evaluate()
+        session._save_state()

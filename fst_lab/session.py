@@ -32,6 +32,7 @@ from fst_lab.harness import Harness, HarnessError
 from fst_lab.population import for_training, lineage_rows, manual_edit, ranked, resolve_target
 from fst_lab.rundir import RunDir
 from fst_lab.schedule import fast_window, run_schedule, stage_done, stage_harness, stage_task
+from fst_lab.stepper import StepInterrupted
 from fst_lab.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -229,25 +230,32 @@ class Session:
                 slow = self._ensure_slow()
                 slow.set_population(self._train_population())
                 t0 = time.time()
-                m = records.slow_fields(slow.step(1)[-1])
-                self.counters["rl_step"] += 1
-                self.counters["stage_step"] += 1
-                self.counters["samples_rl"] += int(m.get("rollouts", self.config.num_generations *
-                                                         self.config.prompts_per_step))
-                self._save_rollouts(slow.last_trajectories, f"slow_{self.counters['rl_step']:06d}")
-                # The metrics line goes first: the checkpoint also writes state.json, and a step the state
-                # counts must already be in metrics.jsonl (a crash in between would lose its record for
-                # good). A record without a matching state is dropped by resume() and the step redone.
-                rec = self._record(records.SLOW, **{**m, "seconds": time.time() - t0,
-                                                    "population": [h.id for h in self._train_population()]})
-                if self.counters["rl_step"] % self.config.checkpoint_every == 0:
-                    self._checkpoint()
-                if stage_done(self.stages, self.stage_idx, self.counters["stage_step"]):
-                    self._start_stage(self.stage_idx + 1)
-                self._save_state()
-                out.append(rec)
-                self.control.notify(records.progress("rl", i + 1, n, reward=rec.get("reward")))
+                try:
+                    done = slow.step(1)
+                except StepInterrupted as e:  # Ctrl-C: a step the trainer finished is still counted
+                    for m in e.records:
+                        self._slow_step_done(m, t0)
+                    raise
+                out.append(self._slow_step_done(done[-1], t0))
+                self.control.notify(records.progress("rl", i + 1, n, reward=out[-1].get("reward")))
         return out
+
+    def _slow_step_done(self, step: dict, t0: float) -> dict:
+        m = records.slow_fields(step)
+        self.counters["rl_step"] += 1
+        self.counters["stage_step"] += 1
+        self.counters["samples_rl"] += m["rollouts"]
+        self._save_rollouts(self.learner.last_trajectories, f"slow_{self.counters['rl_step']:06d}")
+        # The metrics line goes first: the checkpoint also writes state.json, and a step the state counts
+        # must already be in metrics.jsonl (a crash in between would lose its record for good). A record
+        # without a matching state is dropped by resume() and the step redone.
+        rec = self._record(records.SLOW, **{**m, "seconds": time.time() - t0})
+        if self.counters["rl_step"] % self.config.checkpoint_every == 0:
+            self._checkpoint()
+        if stage_done(self.stages, self.stage_idx, self.counters["stage_step"]):
+            self._start_stage(self.stage_idx + 1)
+        self._save_state()
+        return rec
 
     def consolidate(self, n: int | None = None) -> list[dict]:
         """``n`` consolidation steps (default ``config.consolidate.steps``): :mod:`fst_lab.consolidate`."""
@@ -350,18 +358,6 @@ class Session:
         with self.control.working("run"):
             run_schedule(self, total, self.config.eval_every_cycle if evaluate is None else evaluate)
         return self.status()
-
-    def end_cycle(self, evaluate: bool) -> None:
-        """Count a finished cycle: population snapshot, evaluation (optional), state."""
-        with self._working("end of cycle"):
-            self.counters["cycle"] += 1
-            self.counters["plan_pos"] = 0
-            # Snapshot before evaluate(): it saves state.json, and a cycle the state counts as done
-            # must already have its population snapshot (a crash in between would lose it).
-            self.rundir.write_population(self.counters, self.population, self.population_scores)
-            if evaluate:
-                self.evaluate()
-            self._save_state()
 
     def _working(self, label: str):
         return self.control.working(label, self._lock)
