@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Sequence
 
 from fst_lab import records
-from fst_lab.metrics import curve
 from fst_lab.records import EVAL, FAST, LABELS, SLOW
 from fst_lab.runs import load_run
 
@@ -56,51 +55,18 @@ def markdown_table(rows: list[dict]) -> str:
 
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = "runs/compare") -> tuple[str, list[Path]]:
     """Markdown table + PNGs: reward vs samples (running max), KL vs reward, per-stage curves."""
-    import matplotlib
+    from fst_lab.ui import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(d) for d in run_dirs]
-    plots = []
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run in runs:
-        xs, ys = curve(run.metrics, key="reward", kind=EVAL)
-        if xs:
-            ax.plot(xs, ys, marker="o", label=f"{run.name} (val, running max)")
-        xs, ys = records.series(run.metrics, SLOW, "reward")  # cumulative samples: one point per RL step
-        if xs:
-            ax.plot(xs, ys, alpha=0.4, linestyle="--", marker=".", label=f"{run.name} (train)")
-    ax.set_xlabel(LABELS["samples"])
-    ax.set_ylabel("reward")
-    ax.set_title("Reward vs samples")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    p = out / "reward_vs_samples.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    plots.append(p)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run in runs:
-        kls, rewards = records.series(run.metrics, SLOW, "reward", x="kl")
-        if kls:
-            ax.scatter(kls, rewards, label=run.name, s=14)
-    ax.set_xlabel(LABELS["kl"])
-    ax.set_ylabel("train reward")
-    ax.set_title("KL vs reward")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    p = out / "kl_vs_reward.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    plots.append(p)
-
+    # the same figures the dashboard and the app draw, one colour per run
+    pngs = plots.compare_pngs({run.name: run.metrics for run in runs}, out_dir)
+    out = Path(out_dir)
     if any(len({m.get("stage", 0) for m in r.metrics}) > 1 for r in runs):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(6, 4))
         for run in runs:
             for stage in sorted({m.get("stage", 0) for m in run.metrics}):
@@ -117,5 +83,5 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = "runs/com
         p = out / "per_stage.png"
         fig.savefig(p, dpi=110)
         plt.close(fig)
-        plots.append(p)
-    return markdown_table(summary_rows(run_dirs)), plots
+        pngs.append(p)
+    return markdown_table(summary_rows(run_dirs)), pngs

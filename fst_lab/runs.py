@@ -226,7 +226,7 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
     try:
         config = yaml.safe_load((p / CONFIG).read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, ValueError) as e:
-        raise RunDirError(f"{p / CONFIG}: unreadable ({type(e).__name__}: {e})") from None
+        raise RunDirError(_yaml_error(p / CONFIG, e)) from None
     try:
         state = read_json(p / STATE, {}) or {}
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
@@ -235,6 +235,15 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
         raise RunDirError(f"{p}: {CONFIG} and {STATE} must each hold a mapping")
     return RunView(path=p, config=config, state=state, metrics=records.normalize_all(read_jsonl(p / METRICS)),
                    events=read_jsonl(p / EVENTS))
+
+
+def _yaml_error(path: Path, e: Exception) -> str:
+    """One line: ``<file>:<line>: invalid YAML: <problem>`` (PyYAML's own message spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if isinstance(e, yaml.YAMLError) and problem:
+        return f"{path}:{mark.line + 1}: invalid YAML: {problem}" if mark else f"{path}: invalid YAML: {problem}"
+    return f"{path}: unreadable ({type(e).__name__}: {' '.join(str(e).split())})"
 
 
 def score_text(score: float | None) -> str:

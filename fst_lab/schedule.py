@@ -9,6 +9,7 @@ at the step it had not finished. Pause and stop are honoured between steps.
 from __future__ import annotations
 
 from fst_lab.config import ConfigError, FSTConfig
+from fst_lab.errors import FstLabError
 from fst_lab.control import progress_bar
 from fst_lab.harness import Harness, HarnessError, load_named
 
@@ -18,10 +19,13 @@ def stage_task(config: FSTConfig, idx: int):
     from fst_lab.tasks import get_task
 
     st = config.stage_list()[idx]
+    where = f"stages[{idx}].task_kwargs" if config.stages else "task_kwargs"
     try:
         return get_task(st.task, level=st.level, seed=config.seed, **st.task_kwargs)
-    except TypeError as e:
-        raise ConfigError(f"stages[{idx}] task '{st.task}': {e}") from None
+    except FstLabError:
+        raise  # TaskDataError etc. already name the file and line
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"task '{st.task}': {e}", path=where) from None
 
 
 def stage_harness(config: FSTConfig, idx: int) -> Harness:
