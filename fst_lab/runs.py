@@ -181,12 +181,18 @@ class RunView:
         return None
 
     def best_harness(self, cycle: int | None = None) -> Harness | None:
+        """The best-scored member (members not evaluated rank last, as in the session; the first if none is)."""
         rec = self.population_record(cycle)
         members = rec.get("members", [])
         if not members:
             return None
         scores = rec.get("scores", {}) or {}
-        best = max(members, key=lambda m: (scores.get(m["id"], m.get("score", -1.0)) or -1.0))
+
+        def score(m: dict) -> float:
+            s = scores.get(m["id"], m.get("score"))
+            return float("-inf") if s is None else s
+
+        best = max(members, key=score)  # max keeps the first of equals
         return self.harness(best["id"])
 
     def lineage_edges(self) -> list[dict]:

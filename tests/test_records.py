@@ -196,6 +196,7 @@ def test_a_manual_edit_reads_not_evaluated_until_scored(tmp_path):
     other = parent.with_components({"system_prompt": "Another prompt.\n"}, origin="gepa", round=1,
                                    parents=[parent.id])
     s.population, s.population_scores = [parent, other], {parent.id: 0.5, other.id: 0.25}
+    s._store(other)
     new = s.edit_harness(parent.id, {"system_prompt": "Be terse. End with 'Answer: <n>'.\n"}, note="test")
     assert new.id not in s.population_scores
     assert {x["id"]: x["score"] for x in s.lineage()}[new.id] is None
@@ -203,6 +204,7 @@ def test_a_manual_edit_reads_not_evaluated_until_scored(tmp_path):
     assert s.best_harness().id == other.id  # an unscored edit is never "best" (its parent's score is not its)
     view = load_run(s.run_dir)
     assert new.id in view.state["population"] and new.id not in view.state["population_scores"]
+    assert view.best_harness().id == other.id  # the app's and notebooks' "best" agrees with the session's
     assert s.run_dir.joinpath("harnesses", "current").is_dir()
     train = s._train_population()
     assert len(train) == 2 and new in train  # the slow loop still trains on it
