@@ -106,3 +106,18 @@ def test_memory_estimate_grows_with_size_and_full_finetuning():
     assert full.trainable + full.optimizer > 10 * (big.trainable + big.optimizer) and full.reference == 16e9
     # a known point: Qwen3-8B, LoRA, 4-completion micro-batches of 3k tokens fits one 141 GB H200
     assert 30 * 2**30 < big.total < 120 * 2**30
+
+
+def test_cli_dry_run_prints_the_plan_and_run_refuses_the_placeholders(tmp_path):
+    cfg = str(REPO / "configs" / "paper" / "math.yaml")
+    dry = subprocess.run([sys.executable, "-m", "fst_lab.cli", "run", "--dry-run", cfg], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert "RL steps: 204" in dry.stdout and "GPU memory" in dry.stdout
+    assert not (tmp_path / "runs").exists()  # nothing written
+    real = subprocess.run([sys.executable, "-m", "fst_lab.cli", "run", cfg], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert real.returncode == 2 and not (tmp_path / "runs").exists()
+    lines = real.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fst-lab: error: ") and "math.yaml:" in lines[0]
+    assert "placeholder" in lines[0] and "model" in lines[0]
