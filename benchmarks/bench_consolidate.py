@@ -140,14 +140,41 @@ def measure(label: str, task, seed, evolved, base, trained, *, student: str, ste
             "consolidate_seconds": t_cons, "seconds": time.time() - t0, "load_end": loadavg()}
 
 
+def rl_distill(label: str, task, seed, population, trained, *, student: str, steps: int, coef: float,
+               eval_size: int, max_new_tokens: int, rl_seed: int = 0) -> dict:
+    """RL + distillation vs plain RL at equal samples: from the trained weights, ``steps`` more RL steps on the
+    run's population (K=2, G=4, 2 problems per step: the demo's slow loop), with lambda = ``coef`` and with
+    lambda = 0; then reward under the minimal and the evolved harness."""
+    from fst_lab.consolidate import DistillTerm, minimal_harness
+    from fst_lab.slow import SlowConfig, SlowLearner
+
+    minimal = minimal_harness(seed, student)
+    exs = task.examples("val", eval_size)
+    pop = list(population)[:2] if len(population) >= 2 else list(population) * 2
+    out = {"run": label, "steps": steps, "coef": coef, "population": [h.id for h in pop], "arms": {}}
+    for lam in (0.0, coef):
+        t0 = time.time()
+        cfg = SlowConfig(num_generations=4, population_size=2, prompts_per_step=2, max_completion_length=max_new_tokens,
+                         learning_rate=1e-4, warmup_steps=0, kl_probe_size=0, seed=rl_seed)
+        learner = SlowLearner(copy.deepcopy(trained), task, pop, cfg)
+        term = DistillTerm(learner, minimal, lam) if lam else None
+        learner.extra_loss = term
+        with learner:
+            recs = learner.step(steps)
+            g = grid({"w": learner.policy}, {"minimal": minimal, "evolved": pop[0]}, task, exs, max_new_tokens)
+        out["arms"][f"lambda={lam:g}"] = {
+            "reward_minimal": g["reward"]["w+minimal"], "reward_evolved": g["reward"]["w+evolved"],
+            "rollouts": sum(int(r.get("rollouts", 8)) for r in recs), "train_reward": [r.get("reward") for r in recs],
+            "distill_kl": list(term.values) if term else [], "seconds": time.time() - t0, "load": loadavg()}
+    return out
+
+
 # ---------------------------------------------------------------------------- report
 def markdown(res: dict) -> str:
     """The doc section: per-run 3x3 tables, prompt tokens, share kept, before/after."""
     rows = res.get("runs", [])
     lines = ["## Consolidation (distilling the evolved harness into the weights)", "",
              f"Command: `{res.get('command', '')}`" + (" (smoke)" if res.get("smoke") else ""), ""]
-    if not rows:
-        return "\n".join(lines + ["(no runs yet)"])
     summary = []
     for r in rows:
         summary.append({"run": r["run"], "student": r["student"], "steps": r["steps"],
@@ -156,7 +183,12 @@ def markdown(res: dict) -> str:
                         "evolved before": r["evolved_before"], "evolved after": r["evolved_after"],
                         "KL before": r["heldout_kl_before"], "KL after": r["heldout_kl_after"],
                         "tokens saved/query": r["tokens_saved_per_query"], "load": (r.get("load_end") or ["?"])[0]})
-    lines += [table(summary), ""]
+    lines += [table(summary) if summary else "(no consolidation runs)", ""]
+    for rd in res.get("rl_distill", []):
+        rows_rd = [{"arm": k, **{kk: v[kk] for kk in ("reward_minimal", "reward_evolved", "rollouts")},
+                    "load": (v.get("load") or ["?"])[0]} for k, v in rd["arms"].items()]
+        lines += [f"RL + distillation vs plain RL at equal samples ({rd['run']}, {rd['steps']} RL steps from the "
+                  "trained weights on the run's population):", "", table(rows_rd), ""]
     for r in rows:
         lines += [f"### {r['run']} (student `{r['student']}`, {r['steps']} steps, {r['eval_size']} val problems, "
                   f"greedy)", ""]
@@ -182,24 +214,43 @@ def main(argv=None) -> dict:
         p.add_argument("--lr", type=float, default=3e-4)
         p.add_argument("--prompts-per-step", type=int, default=4)
         p.add_argument("--samples-per-prompt", type=int, default=2)
+        p.add_argument("--rl-distill-steps", type=int, default=0,
+                       help="also compare RL + distillation (lambda=--rl-coef) with plain RL for this many steps")
+        p.add_argument("--rl-coef", type=float, default=0.1)
+        p.add_argument("--skip-consolidate", action="store_true", help="only the RL + distillation comparison")
 
     args = parse_args(__doc__.splitlines()[0], argv, extra)
-    res = new_result(NAME, MODULE, argv, smoke=args.smoke, runs=[])
+    res = new_result(NAME, MODULE, argv, smoke=args.smoke, runs=[], rl_distill=[])
     ccfg = {"learning_rate": args.lr, "prompts_per_step": args.prompts_per_step,
             "samples_per_prompt": args.samples_per_prompt, "eval_size": min(8, args.eval_size)}
     if args.smoke:
-        res["runs"].append(_smoke_row(ccfg))
+        row, parts = _smoke_row(ccfg)
+        res["runs"].append(row)
+        if args.rl_distill_steps:
+            task, seed, evolved, trained = parts
+            res["rl_distill"].append(rl_distill("smoke", task, seed, [evolved, seed], trained, student="short",
+                                                steps=args.rl_distill_steps, coef=args.rl_coef, eval_size=2,
+                                                max_new_tokens=4))
     else:
         runs = [r for r in args.runs.split(",") if r]
         for s in [int(x) for x in args.make_runs.split(",") if x]:
             runs.append(str(make_run(s, args.task, Path(args.runs_root))))
         for run in runs:
             cfg, task, seed, best, base, trained = load_run_parts(run)
-            row = measure(Path(run).name, task, seed, best, base, trained, student=args.student,
-                          steps=args.steps, eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, ccfg=ccfg)
-            row["task"] = cfg.get("task")
-            res["runs"].append(row)
-            save_result(args.out, NAME, res)
+            if not args.skip_consolidate:
+                row = measure(Path(run).name, task, seed, best, base, trained, student=args.student, steps=args.steps,
+                              eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, ccfg=ccfg)
+                row["task"] = cfg.get("task")
+                res["runs"].append(row)
+                save_result(args.out, NAME, res)
+            if args.rl_distill_steps:
+                from fst_lab.runs import load_run
+
+                pop = [best] + [h for h in load_run(run).population() if h.id != best.id]
+                res["rl_distill"].append(rl_distill(Path(run).name, task, seed, pop, trained, student=args.student,
+                                                    steps=args.rl_distill_steps, coef=args.rl_coef,
+                                                    eval_size=args.eval_size, max_new_tokens=args.max_new_tokens))
+                save_result(args.out, NAME, res)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save_result(args.out, NAME, res)
     print(markdown(res))
@@ -221,8 +272,9 @@ def _smoke_row(ccfg: dict) -> dict:
     base = tiny_policy(seed=0)
     trained = copy.deepcopy(base)
     ccfg = {**ccfg, "prompts_per_step": 2, "samples_per_prompt": 1, "eval_size": 2, "lora_r": 4}
-    return measure("smoke", task, seed, evolved, base, trained, student="short", steps=1, eval_size=2,
-                   max_new_tokens=4, ccfg=ccfg)
+    row = measure("smoke", task, seed, evolved, base, trained, student="short", steps=1, eval_size=2,
+                  max_new_tokens=4, ccfg=ccfg)
+    return row, (task, seed, evolved, trained)
 
 
 if __name__ == "__main__":

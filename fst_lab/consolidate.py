@@ -732,3 +732,15 @@ def _checkpoint(session, cons: Consolidator) -> None:
     session._save_state()
     if prev and prev != name:
         session.rundir.remove_checkpoint(prev)
+
+
+def rl_distill_term(session, learner) -> "DistillTerm | None":
+    """The RL + distillation term for a session's learner (``consolidate.rl_coef`` > 0), else None.
+
+    ``Session._ensure_slow`` sets ``learner.extra_loss = rl_distill_term(self, learner)`` right after building
+    the learner: the student harness is the config's minimal harness of the session's seed harness."""
+    cfg = getattr(session.config, "consolidate", None)
+    if not isinstance(cfg, ConsolidateConfig) or cfg.rl_coef == 0.0:
+        return None
+    student = minimal_harness(session.seed_harness, cfg.student, cfg.student_system_prompt)
+    return DistillTerm(learner, student, cfg.rl_coef, support=cfg.kl_support, top_k=cfg.top_k)

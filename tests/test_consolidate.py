@@ -271,13 +271,17 @@ def test_rl_plus_distillation_lambda_zero_is_the_slow_loop_bit_for_bit(seed, evo
 def test_benchmark_smoke_runs_end_to_end(tmp_path):
     from benchmarks import bench_consolidate as bench
 
-    res = bench.main(["--smoke", "--out", str(tmp_path)])
+    res = bench.main(["--smoke", "--out", str(tmp_path), "--rl-distill-steps", "1", "--rl-coef", "0.5"])
     row = res["runs"][0]
     assert set(row["reward"]) == {f"{w}+{h}" for w in bench.WEIGHTS for h in bench.HARNESSES}
     assert row["prompt_tokens"]["minimal"] < row["prompt_tokens"]["seed"] < row["prompt_tokens"]["evolved"]
     assert row["tokens_saved_per_query"] > 0 and row["heldout_kl_before"] >= 0
     assert (tmp_path / "consolidate.json").exists()
     assert "share of the harness gain kept" in bench.markdown(res)
+    arms = res["rl_distill"][0]["arms"]
+    assert set(arms) == {"lambda=0", "lambda=0.5"}
+    assert arms["lambda=0"]["rollouts"] == arms["lambda=0.5"]["rollouts"] == 8  # equal samples
+    assert not arms["lambda=0"]["distill_kl"] and arms["lambda=0.5"]["distill_kl"]
 
 
 # ---------------------------------------------------------------------------- in a session (run directory)
@@ -344,3 +348,15 @@ def test_session_consolidation_stops_and_resumes_with_the_same_counters(tmp_path
     recs = [x for x in load_run(b.run_dir).metrics if x["kind"] == records.CONSOLIDATE]
     assert [x["consolidate_step"] for x in recs] == [1, 2]
     assert all(x["samples"] == 0 for x in recs), "student rollouts must stay off the RL/fast sample axis"
+
+
+def test_rl_distill_term_only_when_lambda_is_set(seed):
+    from types import SimpleNamespace
+
+    from fst_lab.consolidate import DistillTerm, rl_distill_term
+
+    sess = SimpleNamespace(config=SimpleNamespace(consolidate=ConsolidateConfig()), seed_harness=seed)
+    assert rl_distill_term(sess, object()) is None
+    sess.config.consolidate = ConsolidateConfig(rl_coef=0.2, student="none")
+    term = rl_distill_term(sess, object())
+    assert isinstance(term, DistillTerm) and term.coef == 0.2 and term.student.system_prompt == ""
