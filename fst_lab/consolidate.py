@@ -428,21 +428,30 @@ class Consolidator:
         import warnings
 
         from datasets import Dataset
+        from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
         from trl import SFTConfig, SFTTrainer
 
         cfg, model = self.config, self.policy.model
-        with tempfile.TemporaryDirectory(prefix="fst-sft-") as tmp:
-            args = SFTConfig(output_dir=tmp, max_steps=1, per_device_train_batch_size=len(rows["input_ids"]),
-                             learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
-                             weight_decay=0.0, max_grad_norm=cfg.max_grad_norm, completion_only_loss=True,
-                             report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
-                             seed=cfg.seed + self.steps_done, use_cpu=not _cuda(), bf16=False, fp16=False,
-                             gradient_checkpointing=False, dataloader_num_workers=0, max_length=None)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+        bars = is_progress_bar_enabled()
+        disable_progress_bar()  # "Building labels ..." for a handful of rows
+        try:
+            with tempfile.TemporaryDirectory(prefix="fst-sft-") as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # transformers' checkpointing-rename FutureWarnings
+                args = SFTConfig(output_dir=tmp, max_steps=1, per_device_train_batch_size=len(rows["input_ids"]),
+                                 learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
+                                 weight_decay=0.0, max_grad_norm=cfg.max_grad_norm, completion_only_loss=True,
+                                 report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
+                                 seed=cfg.seed + self.steps_done, use_cpu=not _cuda(), bf16=False, fp16=False,
+                                 gradient_checkpointing=False, dataloader_num_workers=0, max_length=None)
                 trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
                                      processing_class=self.tokenizer)
+                for cb in (PrinterCallback, ProgressCallback):  # the step's record says it all
+                    trainer.remove_callback(cb)
                 out = trainer.train()
+        finally:
+            if bars:
+                enable_progress_bar()
         return float(out.training_loss)
 
     # ------------------------------------------------------------------ diagnostics

@@ -360,3 +360,17 @@ def test_rl_distill_term_only_when_lambda_is_set(seed):
     sess.config.consolidate = ConsolidateConfig(rl_coef=0.2, student="none")
     term = rl_distill_term(sess, object())
     assert isinstance(term, DistillTerm) and term.coef == 0.2 and term.student.system_prompt == ""
+
+
+def test_session_sft_consolidation_trains_the_live_adapter_and_rl_continues(tmp_path):
+    s = _session(tmp_path, "sft")
+    s.config.consolidate = ConsolidateConfig(method="sft", sft_min_reward=0.0, prompts_per_step=1,
+                                             samples_per_prompt=2, learning_rate=1e-2)
+    s.edit_harness(0, {"system_prompt": "You are a meticulous arithmetic tutor."})
+    before = {n: p.detach().clone() for n, p in s._ensure_slow().trainer.model.named_parameters() if "lora" in n}
+    rec = s.consolidate(1)[-1]
+    assert rec["method"] == "sft" and rec["kept"] == 2 and rec["consolidate_step"] == 1
+    after = dict(s.learner.trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert s.slow_step(1)[-1]["rl_step"] == 1  # the GRPO trainer carries on with the consolidated adapter
+    s.close()
