@@ -86,9 +86,21 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def json_default(o: Any) -> Any:
+    """``default=`` for ``json.dumps`` of records: objects with ``to_json``, sets and tuples, paths, numpy and
+    torch scalars (``.item()``); anything else as its ``str``."""
+    if hasattr(o, "to_json"):
+        return o.to_json()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
 def jsonable(obj: Any) -> Any:
-    """``obj`` made of JSON types only (objects with ``to_json`` are converted, anything else -> str)."""
-    return json.loads(json.dumps(obj, default=lambda o: o.to_json() if hasattr(o, "to_json") else str(o)))
+    """``obj`` made of JSON types only (see :func:`json_default`)."""
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 # ---------------------------------------------------------------------------- building records

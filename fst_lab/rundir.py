@@ -26,9 +26,8 @@ from typing import Any, Callable, Iterable, Sequence
 import yaml
 
 from fst_lab.harness import Harness, HarnessError, atomic_write_text
-from fst_lab.records import now
-from fst_lab.runs import (CONFIG, EVENTS, METRICS, STATE, STOP, RunDirError, json_default, read_json,
-                          read_jsonl)
+from fst_lab.records import json_default, now
+from fst_lab.runs import CONFIG, EVENTS, METRICS, STATE, STOP, RunDirError, read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -49,24 +49,6 @@ class RunDirError(FstLabError, ValueError):
     """A run directory is missing, outside the allowed root, or unreadable."""
 
 
-def json_default(o):
-    """``default=`` for json.dumps of records (objects with ``to_json``, sets, paths, numpy scalars)."""
-    if hasattr(o, "to_json"):
-        return o.to_json()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    try:
-        import numpy as np  # noqa: F401
-
-        if hasattr(o, "item"):
-            return o.item()
-    except Exception:
-        pass
-    return str(o)
-
-
 # ---------------------------------------------------------------------------- reads
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All complete lines of a JSONL file; a torn last line (crash mid-append) is skipped."""
