@@ -55,6 +55,11 @@ def _setup(tmp: Path) -> None:
     for name, path in (("dup", "dup.jsonl"), ("badrow", "badrow.jsonl"), ("nofile", "no_such.jsonl")):
         (tmp / f"jsonl_{name}.yaml").write_text(_yaml({**SMALL, "task": "jsonl",
                                                        "task_kwargs": {"path": str(tmp / path)}}))
+    for name, kw in (("scorer", {"scorer": "fuzzy"}), ("kwarg", {"bogus": 1})):
+        (tmp / f"jsonl_{name}.yaml").write_text(_yaml({**SMALL, "task": "jsonl",
+                                                       "task_kwargs": {"path": str(REPO / "examples" / "my_task.jsonl"),
+                                                                       **kw}}))
+    (tmp / "n_train.yaml").write_text(_yaml({**SMALL, "task_kwargs": {"n_train": -1}}))
     (tmp / "model_path.yaml").write_text(_yaml({**SMALL, "model": str(tmp / "no_such_model")}))
     (tmp / "model_hub.yaml").write_text(_yaml({**SMALL, "model": "nobody-xyz/no-such-model-123"}))
     (tmp / "level.yaml").write_text(_yaml({**SMALL, "level": 9}))
@@ -94,6 +99,9 @@ CASES = [
     ("run-jsonl-duplicate-id", ["run", "jsonl_dup.yaml"], ["dup.jsonl:2", "duplicate id 'a'"]),
     ("run-jsonl-bad-row", ["run", "jsonl_badrow.yaml"], ["badrow.jsonl:2", "invalid JSON"]),
     ("run-jsonl-missing-file", ["run", "jsonl_nofile.yaml"], ["no_such.jsonl", "not found"]),
+    ("run-task-bad-scorer", ["run", "jsonl_scorer.yaml"], ["jsonl_scorer.yaml:5: task_kwargs:", "fuzzy"]),
+    ("run-task-unknown-kwarg", ["run", "jsonl_kwarg.yaml"], ["jsonl_kwarg.yaml:5: task_kwargs:", "bogus"]),
+    ("run-task-bad-number", ["run", "n_train.yaml"], ["n_train.yaml:4: task_kwargs:", "n_train"]),
     ("run-model-path-missing", ["run", "model_path.yaml"], ["model_path.yaml:4: model:", "no_such_model"]),
     ("run-model-not-cached", ["run", "model_hub.yaml"], ["model_hub.yaml:4: model:",
                                                           "nobody-xyz/no-such-model-123"]),
