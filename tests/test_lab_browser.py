@@ -136,8 +136,11 @@ def test_quickstart_runs_in_jupyterlab_and_shows_the_dashboard(lab, artifacts_di
             while not lab["results"].exists():
                 if time.time() > deadline:
                     page.screenshot(path=str(artifacts_dir / "lab_quickstart_timeout.png"))
+                    errors = page.locator(".jp-OutputArea-output[data-mime-type*='stderr'], "
+                                          ".jp-RenderedText[data-mime-type*='error']").all_inner_texts()
                     pytest.fail(f"the quickstart did not finish in JupyterLab within {RUN_TIMEOUT} s "
-                                f"(screenshot: lab_quickstart_timeout.png)\n{lab['log'].read_text()[-2000:]}")
+                                f"(screenshot: lab_quickstart_timeout.png)\nerror outputs: {errors[-3:]}\n"
+                                f"{lab['log'].read_text()[-1000:]}")
                 time.sleep(1)
             results = json.loads(lab["results"].read_text())
             page.get_by_text("FST_RESULTS").first.wait_for(timeout=30_000)

@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-ROOT = Path("/tmp/fst-shots/runs")
+ROOT = Path("/tmp/fst-shots-after/runs")
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -40,7 +40,9 @@ def build_run() -> None:
               "reflection_retries": 0},
         slow={"learning_rate": 1e-3}, runs_root=str(ROOT), run_name="shots", save_rollouts=2))
     s = Session(cfg, policy=tiny_policy(seed=0), progress=False)
+    s.evaluate()  # the starting point of the result line
     s.run()
+    s.channel_ablation()
     s.close()
 
 
@@ -76,6 +78,22 @@ def main(out: str) -> None:
                 time.sleep(3)
                 slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
                 page.screenshot(path=str(out_dir / f"app_tab_{i}_{slug}.png"), full_page=True)
+            if "Train" in names:  # a session started from the app, photographed mid-step and after
+                page.get_by_role("tab", name="Train").click()
+                page.get_by_role("button", name="Start session").click()
+                page.locator("#fast-btn").wait_for(state="visible")
+                deadline = time.time() + 300
+                while not page.locator("#fast-btn").is_enabled() and time.time() < deadline:
+                    time.sleep(0.5)
+                page.locator("#fast-btn").click()
+                while "GEPA metric calls" not in page.locator("#train-progress").inner_text() and time.time() < deadline:
+                    time.sleep(0.2)
+                page.screenshot(path=str(out_dir / "app_train_progress.png"), full_page=False)
+                while "fast step (GEPA round" not in page.locator("#train-message").inner_text() \
+                        and time.time() < deadline:
+                    time.sleep(0.5)
+                time.sleep(2)
+                page.screenshot(path=str(out_dir / "app_train_done.png"), full_page=True)
             browser.close()
     finally:
         demo.close()
