@@ -132,6 +132,8 @@ CASES = [
     ("compare-missing", ["compare", "runs/good", "no/such/run"], ["no/such/run"]),
     ("compare-not-a-run", ["compare", "runs/good", "not_a_run"], ["not_a_run", "config.yaml"]),
     ("compare-broken-state", ["compare", "runs/good", "runs/broken_state"], ["broken_state", "state.json"]),
+    ("compare-broken-config", ["compare", "runs/good", "runs/broken_config"], ["broken_config/config.yaml:",
+                                                                               "invalid YAML"]),
     ("compare-out-is-file", ["compare", "runs/good", "--out", "a_file/plots"], ["a_file", "not a directory"]),
     # consolidate: refused before the run is resumed (resuming writes to it)
     ("consolidate-no-dir", ["consolidate", "no/such/run"], ["no/such/run"]),
