@@ -27,11 +27,12 @@ import yaml
 
 from fst_lab.harness import Harness, HarnessError, atomic_write_text
 from fst_lab.records import json_default, now
-from fst_lab.runs import CONFIG, EVENTS, METRICS, STATE, STOP, RunDirError, read_json, read_jsonl
+from fst_lab.runs import (CHECKPOINTS, CONFIG, EVENTS, FAST, HARNESSES_ALL, HARNESSES_CURRENT, METRICS, POPULATIONS,
+                          ROLLOUTS, STATE, STOP, RunDirError, read_json, read_jsonl)
 
 log = logging.getLogger(__name__)
 
-SUBDIRS = ("harnesses/all", "harnesses/current", "populations", "checkpoints", "rollouts", "fast")
+SUBDIRS = (HARNESSES_ALL, HARNESSES_CURRENT, POPULATIONS, CHECKPOINTS, ROLLOUTS, FAST)
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -71,7 +72,7 @@ class RunDir:
 
     @property
     def current_dir(self) -> Path:
-        return self.path / "harnesses" / "current"
+        return self.path / HARNESSES_CURRENT
 
     @property
     def trainer_dir(self) -> Path:
@@ -80,13 +81,13 @@ class RunDir:
 
     def fast_dir(self, rnd: int) -> Path:
         """GEPA's own directory for fast round ``rnd`` (holds pickles: never read by the loaders)."""
-        return self.path / "fast" / f"round_{rnd:04d}"
+        return self.path / FAST / f"round_{rnd:04d}"
 
     def plasticity_dir(self, label: str) -> Path:
         return self.path / "plasticity" / label
 
     def checkpoint_dir(self, name: str) -> Path:
-        return self.path / "checkpoints" / name
+        return self.path / CHECKPOINTS / name
 
     def exists(self) -> bool:
         """True once the run is created (``config.yaml`` marks a run directory; it is written last)."""
@@ -171,13 +172,13 @@ class RunDir:
     # ------------------------------------------------------------------ harnesses
     def store_harness(self, h: Harness) -> None:
         """Add ``h`` to the lineage store harnesses/all/<id>.yaml (ids are content hashes: write once)."""
-        p = self.path / "harnesses" / "all" / f"{h.id}.yaml"
+        p = self.path / HARNESSES_ALL / f"{h.id}.yaml"
         if not p.exists():
             h.save(p)
 
     def load_harnesses(self) -> dict[str, Harness]:
         out = {}
-        for p in sorted((self.path / "harnesses" / "all").glob("*.yaml")):
+        for p in sorted((self.path / HARNESSES_ALL).glob("*.yaml")):
             h = Harness.load(p)
             out[h.id] = h
         return out
@@ -222,13 +223,13 @@ class RunDir:
                "members": [{"id": h.id, "name": h.name, "origin": h.lineage.origin, "round": h.lineage.round,
                             "parents": list(h.lineage.parents), "score": scores.get(h.id)} for h in population],
                "scores": dict(scores)}
-        atomic_write_text(self.path / "populations" / f"cycle_{c['cycle']:04d}.yaml",
+        atomic_write_text(self.path / POPULATIONS / f"cycle_{c['cycle']:04d}.yaml",
                           yaml.safe_dump(rec, sort_keys=False))
 
     def write_rollouts(self, name: str, rows: Iterable[dict]) -> None:
         lines = [json.dumps(d, default=str, ensure_ascii=False) + "\n" for d in rows]
-        (self.path / "rollouts").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path / "rollouts" / f"{name}.jsonl", "".join(lines))
+        (self.path / ROLLOUTS).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / ROLLOUTS / f"{name}.jsonl", "".join(lines))
 
     # ------------------------------------------------------------------ checkpoints
     def write_checkpoint(self, name: str, save: Callable[[Path], None]) -> Path:

@@ -38,11 +38,18 @@ from fst_lab.errors import FstLabError
 from fst_lab.harness import Harness, HarnessError
 from fst_lab.records import running_max  # noqa: F401  (re-exported: readers import it from here)
 
+# The layout (shared with fst_lab.rundir, the writer; nothing else spells a path inside a run).
 STATE = "state.json"
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"
 CONFIG = "config.yaml"
 STOP = "stop"
+HARNESSES_ALL = "harnesses/all"
+HARNESSES_CURRENT = "harnesses/current"
+POPULATIONS = "populations"
+CHECKPOINTS = "checkpoints"
+ROLLOUTS = "rollouts"
+FAST = "fast"
 
 
 class RunDirError(FstLabError, ValueError):
@@ -123,14 +130,14 @@ class RunView:
     def harness(self, hid: str) -> Harness:
         if not isinstance(hid, str) or not hid or not all(c.isalnum() or c in "_-" for c in hid):
             raise RunDirError(f"refused: {hid!r} is not a harness id")  # ids are content hashes, never paths
-        p = self.path / "harnesses" / "all" / f"{hid}.yaml"
+        p = self.path / HARNESSES_ALL / f"{hid}.yaml"
         if not p.exists():
             raise RunDirError(f"{self.path}: no harness with id {hid}")
         return Harness.load(p)
 
     def all_harnesses(self) -> dict[str, Harness]:
         out = {}
-        for p in sorted((self.path / "harnesses" / "all").glob("*.yaml")):
+        for p in sorted((self.path / HARNESSES_ALL).glob("*.yaml")):
             try:
                 h = Harness.load(p)
             except HarnessError:
@@ -139,7 +146,7 @@ class RunView:
         return out
 
     def cycles(self) -> list[int]:
-        return sorted(int(p.stem.split("_")[1]) for p in (self.path / "populations").glob("cycle_*.yaml"))
+        return sorted(int(p.stem.split("_")[1]) for p in (self.path / POPULATIONS).glob("cycle_*.yaml"))
 
     def population_record(self, cycle: int | None = None) -> dict:
         """The population snapshot of a cycle (latest if None): ids, scores, lineage."""
@@ -147,7 +154,7 @@ class RunView:
             ids = self.state.get("population", [])
             return {"cycle": self.state.get("cycle", 0), "members": [{"id": i} for i in ids],
                     "scores": self.state.get("population_scores", {})}
-        p = self.path / "populations" / f"cycle_{cycle:04d}.yaml"
+        p = self.path / POPULATIONS / f"cycle_{cycle:04d}.yaml"
         if not p.exists():
             raise RunDirError(f"{self.path}: no population for cycle {cycle} (have {self.cycles()})")
         return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
@@ -185,8 +192,8 @@ class RunView:
 
     def latest_checkpoint(self) -> Path | None:
         name = self.state.get("checkpoint")
-        if name and (self.path / "checkpoints" / name).exists():
-            return self.path / "checkpoints" / name
+        if name and (self.path / CHECKPOINTS / name).exists():
+            return self.path / CHECKPOINTS / name
         return None
 
     def series(self, kind: str, key: str, x: str = "samples") -> tuple[list, list]:
@@ -194,12 +201,29 @@ class RunView:
         return records.series(self.metrics, kind, key, x)
 
     def rollouts(self, limit: int = 200) -> list[dict]:
+        """Up to ``limit`` saved trajectories, newest source first."""
         out: list[dict] = []
-        for p in sorted((self.path / "rollouts").glob("*.jsonl"), reverse=True):
-            out.extend(read_jsonl(p))
+        for source in rollout_sources(self.path):
+            out.extend(read_rollouts(self.path, source))
             if len(out) >= limit:
                 break
         return out[:limit]
+
+
+def rollout_sources(run_dir: str | os.PathLike) -> list[str]:
+    """Names of the run's saved rollout files (``slow_000003.jsonl``, ``eval_0002.jsonl``, ...), newest
+    first (the step number in the name breaks mtime ties within a second)."""
+    d = Path(run_dir) / ROLLOUTS
+    if not d.is_dir():
+        return []
+    return [p.name for p in sorted(d.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)]
+
+
+def read_rollouts(run_dir: str | os.PathLike, source: str) -> list[dict]:
+    """The trajectories of one rollout file named by :func:`rollout_sources` (a bare name, never a path)."""
+    if not isinstance(source, str) or "/" in source or "\\" in source or source.startswith("."):
+        raise RunDirError(f"refused: {source!r} is not a rollout file name")
+    return read_jsonl(Path(run_dir) / ROLLOUTS / source)
 
 
 def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> RunView:
