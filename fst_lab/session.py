@@ -167,6 +167,9 @@ class Session:
             learner = self.weights.start_learning(lambda pol: SlowLearner(
                 pol, self.task, self._train_population(), self.slow_config(), output_dir=str(self.rundir.trainer_dir)))
             learner.set_task(self.task, self.task.examples("train"))
+            from fst_lab.consolidate_session import rl_distill_term
+
+            learner.extra_loss = rl_distill_term(self, learner)  # None unless consolidate.rl_coef > 0
         return self.weights.learner
 
     def _train_population(self) -> list[Harness]:
@@ -258,8 +261,8 @@ class Session:
         return rec
 
     def consolidate(self, n: int | None = None) -> list[dict]:
-        """``n`` consolidation steps (default ``config.consolidate.steps``): :mod:`fst_lab.consolidate`."""
-        from fst_lab.consolidate import session_consolidate
+        """``n`` consolidation steps (default ``config.consolidate.steps``): :mod:`fst_lab.consolidate_session`."""
+        from fst_lab.consolidate_session import session_consolidate
 
         return session_consolidate(self, n)
 

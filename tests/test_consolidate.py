@@ -304,7 +304,7 @@ def _tree(d):
 
 
 def test_session_consolidation_without_an_evolved_harness_errors_and_writes_nothing(tmp_path):
-    from fst_lab.consolidate import session_consolidate
+    from fst_lab.consolidate_session import session_consolidate
 
     s = _session(tmp_path, "none")
     before = _tree(s.run_dir)
@@ -316,7 +316,7 @@ def test_session_consolidation_without_an_evolved_harness_errors_and_writes_noth
 
 def test_session_consolidation_stops_and_resumes_with_the_same_counters(tmp_path):
     from fst_lab import records
-    from fst_lab.consolidate import session_consolidate
+    from fst_lab.consolidate_session import session_consolidate
     from fst_lab.models import tiny_policy
     from fst_lab.runs import load_run
     from fst_lab.session import Session
@@ -353,7 +353,8 @@ def test_session_consolidation_stops_and_resumes_with_the_same_counters(tmp_path
 def test_rl_distill_term_only_when_lambda_is_set(seed):
     from types import SimpleNamespace
 
-    from fst_lab.consolidate import DistillTerm, rl_distill_term
+    from fst_lab.consolidate import DistillTerm
+    from fst_lab.consolidate_session import rl_distill_term
 
     sess = SimpleNamespace(config=SimpleNamespace(consolidate=ConsolidateConfig()), seed_harness=seed)
     assert rl_distill_term(sess, object()) is None
