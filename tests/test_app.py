@@ -351,7 +351,7 @@ def test_run_tab_steers_a_tiny_session(client, runs_root):
     assert "✍️ manual" in tree and "from the test" in tree
     assert seed_id in tree
 
-    st, lin, log, *_ = client.predict(api_name="/session_poll")
+    st, lin, log, *_, summary = client.predict("from-the-app", api_name="/session_poll")
     assert st["rl_step"] == 1 and "✍️ manual" in lin
 
     # a bad edit is refused with the reason, nothing changes
@@ -365,7 +365,7 @@ def test_run_tab_steers_a_tiny_session(client, runs_root):
     msg, st = client.predict(api_name="/session_stop")
     assert "stop" in msg
     for _ in range(40):
-        st, *_ = client.predict(api_name="/session_poll")
+        st, *_ = client.predict("from-the-app", api_name="/session_poll")
         if st["background_run"] == "idle":
             break
         time.sleep(0.25)

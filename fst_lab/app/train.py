@@ -386,9 +386,14 @@ def build_tab(app, header) -> dict:
     def session_stop():
         return steering.stop(), steering.status()
 
-    def session_poll():
+    def session_poll(run_name=None):
+        changed = steering.runner.changes != seen["changes"]
+        summary = gr.skip()
+        if changed and run_name and run_name == steering.run_name():  # the picker shows the live run: follow it
+            run, msg = app.open(run_name)
+            summary = msg or render.run_summary(run)
         return (steering.status(), steering.lineage_text(), steering.log_text(), steering.state_line(),
-                *live_plots(), *buttons())
+                *live_plots(), *buttons(), summary)
 
     def session_components(target):
         comps = steering.components(target)
@@ -415,6 +420,7 @@ def build_tab(app, header) -> dict:
                          api_name="session_component")
     edit_btn.click(session_edit, [edit_target, edit_component, edit_text, edit_note], [session_msg, *view_outs],
                    api_name="session_edit")
-    timer.tick(session_poll, None, [session_status, session_lineage, session_log, progress_md, live_reward, live_kl,
-                                    *button_outs], api_name="session_poll", show_progress="hidden")
+    timer.tick(session_poll, header.run_dd, [session_status, session_lineage, session_log, progress_md, live_reward,
+                                             live_kl, *button_outs, header.run_status],
+               api_name="session_poll", show_progress="hidden")
     return {}
