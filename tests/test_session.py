@@ -174,3 +174,34 @@ def test_evaluate_variants_and_ablation(tmp_path):
                        "trained_weights+seed_harness", "trained_weights+evolved_harness"}
     recs = [json.loads(line) for line in (s.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(x["kind"] == "ablation" for x in recs)
+
+
+def test_ctrl_c_after_the_trainer_finished_a_step_still_counts_it(tmp_path):
+    """Ctrl-C that lands after the optimizer stepped (StepInterrupted.records holds the step): the session
+    counts and records that step before the interrupt propagates, so counters match the weights and the
+    next step (or a resume) goes on from there."""
+    from fst_lab.stepper import StepInterrupted
+
+    s = Session(tiny_config(tmp_path, mode="rl"), policy=tiny_policy(), progress=False)
+    s.slow_step(1)
+    learner = s.learner
+    real_step = learner.step
+
+    def step_then_ctrl_c(n=1):  # what a Ctrl-C during the learner's KL probe leaves: one completed step
+        e = StepInterrupted(True)
+        e.records = real_step(n)
+        raise e
+
+    learner.step = step_then_ctrl_c
+    with pytest.raises(KeyboardInterrupt):
+        s.slow_step(3)
+    del learner.step
+    assert s.counters["rl_step"] == learner.global_step == 2
+    assert [m["rl_step"] for m in load_run(s.run_dir).metrics if m["kind"] == "slow"] == [1, 2]
+    assert not s.busy and s.activity is None
+    s.slow_step(1)
+    assert s.counters["rl_step"] == learner.global_step == 3
+    s.close()
+    r = Session.resume(s.run_dir, policy=tiny_policy(), progress=False)
+    assert r.counters["rl_step"] == r.learner.global_step == 3
+    r.close()
