@@ -170,11 +170,14 @@ def rl_distill(label: str, task, seed, population, trained, *, student: str, ste
 
 
 # ---------------------------------------------------------------------------- report
-def markdown(res: dict) -> str:
-    """The doc section: per-run 3x3 tables, prompt tokens, share kept, before/after."""
+TITLE = "Consolidation (the evolved harness distilled into the weights)"
+
+
+def markdown(res: dict, plots_rel: str | None = None) -> str:
+    """The doc section's body (``benchmarks.run_all`` adds the title): per-run 3x3 tables, prompt tokens,
+    share kept, before/after, RL + distillation vs plain RL."""
     rows = res.get("runs", [])
-    lines = ["## Consolidation (distilling the evolved harness into the weights)", "",
-             f"Command: `{res.get('command', '')}`" + (" (smoke)" if res.get("smoke") else ""), ""]
+    lines = [f"Command: `{res.get('command', '')}`" + (" (smoke)" if res.get("smoke") else ""), ""]
     summary = []
     for r in rows:
         summary.append({"run": r["run"], "student": r["student"], "steps": r["steps"],
@@ -253,7 +256,7 @@ def main(argv=None) -> dict:
                 save_result(args.out, NAME, res)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save_result(args.out, NAME, res)
-    print(markdown(res))
+    print(f"## {TITLE}\n\n{markdown(res)}")
     return res
 
 
