@@ -375,3 +375,20 @@ def test_session_sft_consolidation_trains_the_live_adapter_and_rl_continues(tmp_
     assert any(not torch.equal(before[n], after[n]) for n in before)
     assert s.slow_step(1)[-1]["rl_step"] == 1  # the GRPO trainer carries on with the consolidated adapter
     s.close()
+
+
+def test_schedule_token_c_runs_a_consolidation_step_and_is_validated(tmp_path):
+    from fst_lab.config import FSTConfig
+
+    assert FSTConfig(schedule="p -> w*2 -> c*2").cycle_plan() == ["p", "w", "w", "c", "c"]
+    with pytest.raises(ConfigError, match="schedule"):
+        FSTConfig(mode="gepa", schedule="p -> c").cycle_plan()
+    with pytest.raises(ConfigError, match="schedule"):
+        FSTConfig(schedule="p -> x").cycle_plan()
+    s = _session(tmp_path, "sched", schedule="w -> c")
+    s.edit_harness(0, {"system_prompt": "You are a meticulous arithmetic tutor."})
+    s.run(1, evaluate=False)
+    kinds = [r["kind"] for r in s.metrics]
+    assert kinds == ["slow", "consolidate"]
+    assert s.counters["consolidate_step"] == 1 and s.counters["rl_step"] == 1 and s.counters["cycle"] == 1
+    s.close()
