@@ -35,9 +35,10 @@ of the model (135M: ~0.5 GB) and is saved with the checkpoint (its trainable ten
 distils from the same teacher. In RL + distillation the teacher is the live model under ``torch.no_grad``:
 there the weights move by RL anyway and the term only has to pull the bare-prompt policy along with it.
 
-**What TRL gives and what is glue.** TRL 1.16 ships on-policy self-distillation (``trl.experimental.sdft``
-``SDFTTrainer``, teacher = the same model with privileged context in the prompt) and GKD/GOLD. Their losses
-are used here: ``trl.experimental.sdft.loss_utils`` (``compute_full_logit_self_distillation_loss`` /
+**What TRL gives and what is glue.** TRL 1.16 ships on-policy distillation (``trl.DistillationTrainer``,
+GKD: a *different* teacher model reading the *same* prompt; GOLD in ``trl.experimental``) and on-policy
+self-distillation (``trl.experimental.sdft.SDFTTrainer``: the same model, the teacher's prompt = the student's
+plus privileged context). SDFT is the closest; its losses are used here: ``trl.experimental.sdft.loss_utils`` (``compute_full_logit_self_distillation_loss`` /
 ``compute_topk_self_distillation_loss`` with ``distillation_alpha=1.0`` = reverse KL). Their trainers are
 not: SDFT builds the teacher prompt as the student's last user turn plus a text block (our teacher context
 is a different system prompt, few-shot *conversations* and tool specs), generates single-turn with its own
