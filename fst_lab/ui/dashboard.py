@@ -40,7 +40,8 @@ class Dashboard:
     """ipywidgets dashboard for one :class:`~fst_lab.session.Session`.
 
     Attributes tests and notebooks drive: ``fast_button``, ``slow_button`` + ``slow_n``, ``run_button``
-    + ``run_cycles``, ``eval_button``, ``pause_button``, ``stop_button``; ``wait()`` joins the worker;
+    + ``run_cycles``, ``eval_button``, ``consolidate_button``, ``pause_button``, ``stop_button``;
+    ``wait()`` joins the worker;
     ``runner`` (the shared :class:`Runner`); ``status`` (HTML); ``editor_boxes``, ``tools_json``,
     ``apply_button``, ``editor_message``, ``diff_view``; ``plot`` (PNG bytes, redrawn ``plot_version``
     times); ``last_error``.
@@ -76,6 +77,9 @@ class Dashboard:
         self.run_cycles = W.IntText(value=1, description="cycles", layout=W.Layout(width="140px"),
                                     style={"description_width": "44px"})
         self.eval_button = W.Button(description="Evaluate", icon="check", tooltip="mean@k on validation", **btn)
+        self.consolidate_button = W.Button(description="Consolidate", icon="compress", **btn,
+                                           tooltip="one consolidation step: distil the evolved harness into "
+                                                   "the weights")
         self.pause_button = W.Button(description="Pause", icon="pause", disabled=True, **btn)
         # Stop is red only while there is something to stop (a disabled danger button still looks armed)
         self.stop_button = W.Button(description="Stop", icon="stop", disabled=True, **btn)
@@ -83,9 +87,11 @@ class Dashboard:
         self.slow_button.on_click(lambda _: self.start_slow(self.slow_n.value))
         self.run_button.on_click(lambda _: self.start_run(self.run_cycles.value))
         self.eval_button.on_click(lambda _: self.start_evaluate())
+        self.consolidate_button.on_click(lambda _: self.start_consolidate())
         self.pause_button.on_click(lambda _: self.toggle_pause())
         self.stop_button.on_click(lambda _: self.stop())
-        self._work_buttons = [self.fast_button, self.slow_button, self.run_button, self.eval_button]
+        self._work_buttons = [self.fast_button, self.slow_button, self.run_button, self.eval_button,
+                              self.consolidate_button]
         mode = self.session.config.mode
         if mode == "rl":
             self.fast_button.tooltip = "mode 'rl' keeps the seed harness: no fast steps"
@@ -98,7 +104,7 @@ class Dashboard:
         self.population_view = W.HTML()
         self.lineage_view = W.HTML()
         controls = W.HBox([self.fast_button, self.slow_button, self.slow_n, self.run_button, self.run_cycles,
-                           self.eval_button, self.pause_button, self.stop_button],
+                           self.eval_button, self.consolidate_button, self.pause_button, self.stop_button],
                           layout=W.Layout(flex_flow="row wrap", align_items="center"))
         progress = W.VBox([self.plot, W.HTML("<b>Population</b>"), self.population_view])
         self.tabs = W.Tab(children=[progress, self.rollouts.widget, self.editor.widget, self.lineage_view])
@@ -211,6 +217,9 @@ class Dashboard:
 
         return self._start("evaluate", work)
 
+    def start_consolidate(self, n: int = 1) -> bool:
+        return self._start(f"{n} consolidation step(s)", lambda s: s.consolidate(n))
+
     def toggle_pause(self) -> None:
         self.runner.toggle_pause()
         self.sync()
@@ -253,7 +262,7 @@ class Dashboard:
             b.disabled = busy
         if not busy:
             self.fast_button.disabled = mode == "rl"
-            self.slow_button.disabled = mode == "gepa"
+            self.slow_button.disabled = self.consolidate_button.disabled = mode == "gepa"
         self.pause_button.disabled = not busy
         self.stop_button.disabled = not busy
         self.stop_button.button_style = "danger" if busy else ""

@@ -7,13 +7,12 @@ the :class:`~fst_lab.ui.dashboard.Dashboard` places them in its tabs and tells t
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Callable
 
 import ipywidgets as W
 
 from fst_lab.harness import TOOL_DESC_PREFIX, Harness, HarnessError
-from fst_lab.runs import read_jsonl
+from fst_lab.runs import read_rollouts, rollout_sources
 from fst_lab.ui import render
 from fst_lab.ui.editor import TOOLS_JSON, build_edit, editor_texts
 
@@ -40,17 +39,10 @@ class RolloutBrowser:
         self._quiet = False
         self.widget = W.VBox([W.HBox([self.source, self.pick]), self.view])
 
-    def _files(self) -> list[Path]:
-        d = Path(self.session.run_dir) / "rollouts"
-        if not d.exists():
-            return []
-        # newest first; names carry the step number, which breaks mtime ties within a second
-        return sorted(d.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
-
     def refresh(self, select: str | None = None) -> None:
         """Offer the latest sources; follow the newest unless the user picked one (or ``select`` asks)."""
         opts = ([(MEMORY_SOURCE, MEMORY_SOURCE)] if self.session.last_trajectories else [])
-        opts += [(render.rollout_source_label(p.name), p.name) for p in self._files()]
+        opts += [(render.rollout_source_label(name), name) for name in rollout_sources(self.session.run_dir)]
         values = [v for _, v in opts]
         current = self.source.value
         if select in values:
@@ -83,7 +75,7 @@ class RolloutBrowser:
         elif source == MEMORY_SOURCE:
             trajs = [render.trajectory_dict(t) for t in (self.session.last_trajectories or [])]
         else:
-            trajs = read_jsonl(Path(self.session.run_dir) / "rollouts" / source)
+            trajs = read_rollouts(self.session.run_dir, source)
         self.trajectories = trajs
         self._loaded = source
         self.pick.options = [(render.trajectory_label(t, i), i) for i, t in enumerate(trajs)]

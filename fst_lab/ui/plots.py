@@ -25,9 +25,11 @@ from typing import Mapping, Sequence
 
 from fst_lab import records as R
 
+# origin colours are for origin *labels* in tables; plot lines get one colour per harness (harness_colors)
 ORIGIN_COLORS = {"seed": "#7f7f7f", "gepa": "#1f77b4", "reflect": "#1f77b4", "bootstrap": "#2ca02c",
-                 "manual": "#ff7f0e", "merge": "#9467bd"}  # used for origin *labels* in tables; plot lines use harness_colors()
-ORIGIN_MARKERS = {"seed": "o", "bootstrap": "^", "gepa": "s", "reflect": "s", "merge": "D", "manual": "P", "consolidated": "*"}
+                 "manual": "#ff7f0e", "merge": "#9467bd"}
+ORIGIN_MARKERS = {"seed": "o", "bootstrap": "^", "gepa": "s", "reflect": "s", "merge": "D", "manual": "P",
+                  "consolidated": "*"}
 TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
          "#17becf"]
 TRAIN_COLOR, VAL_COLOR, GEPA_COLOR = "#1f77b4", "#d62728", "#2ca02c"
