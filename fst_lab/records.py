@@ -60,9 +60,25 @@ KEYS: dict[str, tuple[str, ...]] = {
                   "step_seconds", "seconds"),
 }
 
-# Event kinds (events.jsonl; field "event"). ``progress`` goes to listeners only, never to disk.
-EVENT_KINDS = ("start", "resume", "stop", "pause", "unpause", "close", "fast", "edit", "edit_rejected", "stage",
-               "ablation", "plasticity", "consolidate", "error")
+# Event kinds (events.jsonl; field "event", with "ts") and their keys. ``progress`` goes to listeners
+# only, never to disk: {"event": "progress", "phase": one of PHASES, "i": done, "n": total, ...extra}.
+EVENT_KEYS: dict[str, tuple[str, ...]] = {
+    "start": ("mode", "task", "seed_harness"),
+    "resume": ("counters", "checkpoint", "rolled_back_steps"),
+    "stop": ("counters",),
+    "pause": (),
+    "unpause": (),
+    "close": ("counters",),
+    "fast": ("round", "population", "best", "accepted"),
+    "edit": ("source", "parent", "id", "diff"),  # source: "api" or the hand-edited file
+    "edit_rejected": ("file", "error"),
+    "stage": ("stage", "task", "seed_harness"),
+    "ablation": KEYS[ABLATION],
+    "plasticity": ("task", "trained", "base"),
+    "consolidate": ("phase", "method", "teacher", "teacher_names", "student", "student_harness",
+                    "consolidate_step"),
+}
+EVENT_KINDS = tuple(EVENT_KEYS)
 PROGRESS = "progress"
 PHASES = ("rollouts", "gepa", "rl", "eval", "consolidate")
 

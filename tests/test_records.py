@@ -76,6 +76,18 @@ def test_one_kl_name(run_dir):
     assert all("kl" in r for r in recs if r["kind"] == "eval" and r["rl_step"] > 0)
 
 
+def test_every_written_record_follows_the_schema(run_dir):
+    from fst_lab import records
+
+    for r in read_jsonl(run_dir / "metrics.jsonl"):
+        assert r["kind"] in records.METRIC_KINDS
+        assert set(records.COUNTERS) <= set(r), r["kind"]
+    events = read_jsonl(run_dir / "events.jsonl")
+    assert {e["event"] for e in events} >= {"start", "fast", "ablation", "close"}
+    for e in events:
+        assert set(e) - {"event", "ts"} <= set(records.EVENT_KEYS[e["event"]]), e
+
+
 def test_old_run_directories_load_with_todays_keys(tmp_path):
     """A run written before the schema (slow ``samples`` per step, ``kl`` = TRL's, ``kl_probe``) reads
     through load_run with cumulative samples, ``rollouts`` and one KL name."""
