@@ -43,6 +43,10 @@ def build_run() -> None:
     s.evaluate()  # the starting point of the result line
     s.run()
     s.channel_ablation()
+    # a hand edit, so the Evolution tab has a diff to show (a tiny random model's GEPA proposals rarely parse)
+    s.edit_harness(0, {"system_prompt": "You solve arithmetic word problems. Write one short line of working,\n"
+                                        "then finish with the final number as 'Answer: <number>'.\n"},
+                   note="clearer answer format")
     s.close()
 
 
