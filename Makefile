@@ -49,7 +49,7 @@ test-fast: install
 GPUSET := $(VENV)/gpuset-site
 test-gpu-set: install
 	$(PY) gpu/gpuset.py install $(GPUSET)
-	PYTHONPATH=$(GPUSET) $(PY) -m pytest -p tests.gpu_set_plugin -m "not browser" $(PYTEST_ARGS)
+	PYTHONPATH=$(CURDIR)/$(GPUSET) $(PY) -m pytest -p tests.gpu_set_plugin -m "not browser" $(PYTEST_ARGS)
 
 # What the one-call GPU check carries (docs/GPU.md): wheels the device image lacks + the tokenizer, <= 60 MiB.
 gpu-bundle: install
