@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}   # the device machine's python3 holds torch; on a CPU, th
 if [[ -z "${PYTHON:-}" && " $* " == *" --cpu "* && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
 SITE=${FST_GPU_SITE:-/tmp/fst-gpu-site}
 # Seconds for everything after the install. 240 leaves room for a rerun within a session's 15 device minutes
-# (docs/GPU.md: timeout_s 270); the checks on a tiny model need far less. The ceiling is 480 (8 min).
+# (docs/GPU.md: timeout_s 300 for install + checks); the checks on a tiny model need far less. The ceiling is 480 (8 min).
 LIMIT=${FST_GPU_CHECK_LIMIT:-240}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [[ " $* " != *" --cpu "* ]]; then
