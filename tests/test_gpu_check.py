@@ -22,8 +22,18 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "gpu"))
-import bundle  # noqa: E402  (gpu/bundle.py)
+
+
+def _load(name: str, path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bundle = _load("fst_gpu_bundle", REPO / "gpu" / "bundle.py")
 
 MANIFEST = json.loads((REPO / "gpu" / "manifest.json").read_text())
 BUNDLE_JSON = REPO / "gpu" / "bundle" / "BUNDLE.json"
