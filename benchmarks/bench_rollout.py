@@ -45,7 +45,8 @@ TARGET_VS_LLAMA = 1.0  # issue 9: batched fst_lab rollouts >= 1.0x llama.cpp sin
 # ---------------------------------------------------------------------------- the three runners
 def _plain_generate(policy, prompts: list[str], max_new_tokens: int, batch_size: int,
                     **extra) -> tuple[int, list[list[int]]]:
-    """``model.generate`` on pre-rendered prompts; returns (tokens generated, ids per prompt)."""
+    """``model.generate`` on pre-rendered prompts (no prefix cache; under the policy's autocast, if any);
+    returns (tokens generated, ids per prompt)."""
     import torch
 
     tok, model = policy.tokenizer, policy.model
@@ -53,7 +54,7 @@ def _plain_generate(policy, prompts: list[str], max_new_tokens: int, batch_size:
     n, all_ids = 0, []
     for start in range(0, len(prompts), batch_size):
         enc = tok(prompts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.inference_mode():
+        with torch.inference_mode(), policy._autocast():
             seqs = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                   top_p=None, top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                   **extra)
@@ -291,7 +292,10 @@ def run(args) -> dict:
                      model="tiny-llama (random init)" if smoke else "smollm2-135m",
                      targets={"fst_vs_plain": TARGET_VS_PLAIN, "fst_batched_vs_llama_single": TARGET_VS_LLAMA})
     policy = tiny_policy(seed=0) if smoke else load_policy(dtype=args.dtype)
+    policy.autocast = args.autocast
+    policy.prefix_cache = args.prefix_cache
     res["dtype"] = str(next(policy.model.parameters()).dtype)
+    res["autocast"], res["prefix_cache"] = args.autocast, args.prefix_cache
     res["seed"] = 0
     math_task, hover_task = get_task("math", level=1, seed=0), get_task("hover", level=1, seed=0)
     math_h, hover_h = load_named("math"), load_named("hover")
@@ -328,6 +332,10 @@ def run(args) -> dict:
         res["throughput"] = rows
         save_result(args.out, NAME, res)
 
+    if not args.extras:
+        res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        save_result(args.out, NAME, res)
+        return res
     # where a rollout's time goes: inside model.generate vs our code (single- and multi-turn)
     shares = []
     for task, h in ((math_task, math_h), (hover_task, hover_h)):
@@ -384,7 +392,8 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     s = res["settings"]
     out = [f"Command: `{res['command']}` — model {res['model']} ({res.get('dtype')}), {s['task']}, harness "
            f"{s['harness']}, {s['sampling']}, {s['max_new_tokens']} new tokens, {s['reps']} alternating reps per "
-           f"method (median shown), torch threads {s['torch_threads']}. llama.cpp: "
+           f"method (median shown), torch threads {s['torch_threads']}, shared-prefix KV cache "
+           f"{'on' if res.get('prefix_cache', False) else 'off'}, autocast {res.get('autocast') or 'none'}. llama.cpp: "
            + (res["llama_cpp"] if isinstance(res["llama_cpp"], str) else
               f"llama-cpp-python {res['llama_cpp']['version']}, {res['llama_cpp']['n_threads']} threads, "
               f"{res['llama_cpp']['weights']}, one stream at a time, fresh KV cache per prompt") + ".", ""]
@@ -468,6 +477,12 @@ def main(argv=None) -> dict:
         p.add_argument("--batch1-prompts", type=int, default=4, help="prompts run one at a time at batch 1")
         p.add_argument("--batch-sizes", default="1,8,16", help="comma-separated; B > 1 runs B prompts in one batch")
         p.add_argument("--dtype", default="float32", help="policy dtype (float32 = what fst_lab uses)")
+        p.add_argument("--autocast", default=None, choices=[None, "fp32", "bf16"],
+                       help="run generation under this autocast (bf16 = SlowConfig.precision bf16's rollouts)")
+        p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                       help="fst_lab rollouts without the shared-prefix KV cache (as before issue 19)")
+        p.add_argument("--no-extras", dest="extras", action="store_false",
+                       help="throughput only: skip the generate-share and profile sections")
         p.add_argument("--no-experiments", dest="experiments", action="store_false",
                        help="skip the static-cache / bfloat16 comparisons")
 

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from fst_lab.config import SlowConfig
+from fst_lab.loop_configs import SlowConfig
 from fst_lab.models import Generation, Policy, cuda_available, import_unsloth, select_backend
 
 log = logging.getLogger(__name__)

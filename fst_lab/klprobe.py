@@ -3,8 +3,9 @@
     >>> kl = probe_kl(model, base, tokenizer, harness, examples, cache={})   # mean per-token KL, nats
 
 Each probe sequence is a prompt plus the reference response ``"Answer: <answer>"``; the KL is exact
-(over the full vocabulary) and averaged over the response positions. It runs in float32 whatever the
-training precision, so curves from fp32 and bf16 runs are comparable.
+(over the full vocabulary) and averaged over the response positions. Log-softmax and the KL sum run in
+float32; the forwards run in the model's own numerics (under ``precision: bf16`` the trainer has wrapped
+the model's forward in bfloat16 autocast, so the probe sees what sampling and training see).
 """
 
 from __future__ import annotations

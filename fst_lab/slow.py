@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from fst_lab import backends
-from fst_lab.config import LOSS_TYPES, VLLM_MODES, SlowConfig  # noqa: F401  (re-exported)
+from fst_lab.loop_configs import LOSS_TYPES, VLLM_MODES, SlowConfig  # noqa: F401  (re-exported)
 from fst_lab.episodes import Episode, episode_tokens  # noqa: F401  (re-exported)
 from fst_lab.harness import Harness, atomic_write_text
 from fst_lab.klprobe import probe_kl
