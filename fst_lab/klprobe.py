@@ -31,36 +31,47 @@ def probe_kl(model, base, tokenizer, harness: "Harness | None", examples: Sequen
 
     tok = tokenizer
     device = next(model.parameters()).device
+    rows = []  # (prompt ids, response ids, cache key)
+    for ex in examples:
+        if harness is not None:
+            messages, tools = harness.render(ex.inputs)
+        else:
+            messages = [{"role": "user", "content": "\n\n".join(str(v) for v in ex.inputs.values())}]
+            tools = None
+        p_ids = tok(render_chat(tok, messages, tools), add_special_tokens=False)["input_ids"]
+        t_ids = tok(f"Answer: {ex.answer}{tok.eos_token or ''}", add_special_tokens=False)["input_ids"]
+        rows.append((p_ids, t_ids, (harness.id if harness is not None else None, ex.id, len(p_ids) + len(t_ids))))
+    if not rows:
+        return float("nan")
+    # One left-padded batch: every response ends at the last position, so the logits of the last
+    # (longest response + 1) positions cover all of them; positions come from the mask, as in generation.
+    L = max(len(p) + len(t) for p, t, _ in rows)
+    n = max(len(t) for _, t, _ in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (L - len(p) - len(t)) + p + t for p, t, _ in rows], device=device)
+    mask = torch.tensor([[0] * (L - len(p) - len(t)) + [1] * (len(p) + len(t)) for p, t, _ in rows], device=device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
 
-    def response_logprobs(m, ids, n):  # log-softmax at the n positions that predict the response
-        logits = m(input_ids=ids, logits_to_keep=n + 1).logits[0, :-1]
+    def response_logprobs(m):  # [rows, n, vocab]: log-softmax at the n positions before the last
+        logits = m(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=n + 1).logits[:, :-1]
         return torch.log_softmax(logits.float(), -1)
 
     was_training = model.training
     model.eval()
-    kls = []
     try:
         with torch.no_grad():
-            for ex in examples:
-                if harness is not None:
-                    messages, tools = harness.render(ex.inputs)
+            logp = response_logprobs(model)
+            missing = [i for i, (_, _, key) in enumerate(rows) if key not in cache]
+            if missing:  # the start weights never change: their log-probs are computed once per sequence
+                if base is None:
+                    with reference(model):
+                        logq = response_logprobs(model)
                 else:
-                    messages = [{"role": "user", "content": "\n\n".join(str(v) for v in ex.inputs.values())}]
-                    tools = None
-                p_ids = tok(render_chat(tok, messages, tools), add_special_tokens=False)["input_ids"]
-                t_ids = tok(f"Answer: {ex.answer}{tok.eos_token or ''}", add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([p_ids + t_ids], device=device)
-                logp = response_logprobs(model, ids, len(t_ids))
-                key = (harness.id if harness is not None else None, ex.id, len(p_ids) + len(t_ids))
-                logq = cache.get(key)
-                if logq is None:
-                    if base is None:
-                        with reference(model):
-                            logq = response_logprobs(model, ids, len(t_ids))
-                    else:
-                        logq = response_logprobs(base, ids, len(t_ids))
-                    cache[key] = logq
-                kls.append((logp.exp() * (logp - logq)).sum(-1))
+                    logq = response_logprobs(base)
+                for i in missing:
+                    cache[rows[i][2]] = logq[i, n - len(rows[i][1]):]
     finally:
         model.train(was_training)
-    return float(torch.cat(kls).mean()) if kls else float("nan")
+    kls = [(logp[i, n - len(t):].exp() * (logp[i, n - len(t):] - cache[key])).sum(-1)
+           for i, (_, t, key) in enumerate(rows)]
+    return float(torch.cat(kls).mean())

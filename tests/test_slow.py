@@ -200,6 +200,12 @@ def test_policy_views_deepcopy_and_adapter_roundtrip(learner, tmp_path):
         lq = torch.log_softmax(base(input_ids=x).logits[0, len(p_ids) - 1:-1], -1)
     want = float((lp.exp() * (lp - lq)).sum(-1).mean())
     assert learner.kl_probe("probe", examples=[ex]) == pytest.approx(want, rel=1e-4)
+    # several examples run as one left-padded batch: the token-weighted mean of the single-example values
+    exs = learner.task.examples("val", 3)
+    n_tok = [len(tok(f"Answer: {e.answer}{tok.eos_token}", add_special_tokens=False)["input_ids"]) for e in exs]
+    singles = [learner.kl_probe(None, examples=[e]) for e in exs]
+    want = sum(k * n for k, n in zip(singles, n_tok)) / sum(n_tok)
+    assert learner.kl_probe(None, examples=exs) == pytest.approx(want, rel=1e-4)
 
     learner.load_adapter(tmp_path / "adapter")
     assert all(torch.equal(saved[k], v) for k, v in _lora(learner).items())
