@@ -35,6 +35,8 @@ BENCHMARKS = {
     "efficiency": ("benchmarks.bench_efficiency", "efficiency",
                    "Sample efficiency and drift (FST vs RL-only vs GEPA-only)"),
     "continual": ("benchmarks.bench_continual", "continual", "Continual learning (three-stage task switch)"),
+    "consolidate": ("benchmarks.bench_consolidate", "consolidate",
+                    "Consolidation (the evolved harness distilled into the weights)"),
 }
 
 LLAMA_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF" '
@@ -47,6 +49,13 @@ def command(name: str, smoke: bool, out: Path) -> list[str]:
     if target.endswith(".py"):  # another engineer's script: its --out is a file path
         return [sys.executable, str(REPO / target), *flags, "--out", str(out / f"{stem}.json")]
     return [sys.executable, "-m", target, *flags, "--out", str(out)]
+
+
+def _shown(cmd: list[str]) -> str:
+    """A command as a reader types it from the repo root: ``python -m ... --out benchmarks/results``."""
+    parts = ["python"] + [str(Path(c).relative_to(REPO)) if Path(c).is_absolute() and Path(c).is_relative_to(REPO)
+                          else c for c in cmd[1:]]
+    return " ".join(parts)
 
 
 def run_benchmark(name: str, smoke: bool, out: Path, timeout: float | None) -> dict:
@@ -181,7 +190,7 @@ def render_docs(out: Path, smoke: bool, doc_path: Path | None = None) -> Path:
         res = results[name]
         lines += [f"## {title}", ""]
         if res is None:
-            lines += [f"Not run yet: `{' '.join(command(name, smoke, out)[1:])}`.", ""]
+            lines += [f"Not run yet: `{_shown(command(name, smoke, out))}`.", ""]
             continue
         mod = _module(name)
         try:
