@@ -177,7 +177,9 @@ def markdown(res: dict, plots_rel: str | None = None) -> str:
     """The doc section's body (``benchmarks.run_all`` adds the title): per-run 3x3 tables, prompt tokens,
     share kept, before/after, RL + distillation vs plain RL."""
     rows = res.get("runs", [])
-    lines = [f"Command: `{res.get('command', '')}`" + (" (smoke)" if res.get("smoke") else ""), ""]
+    cmds = res.get("commands") or [res.get("command", "")]
+    lines = ["Commands: " + "; ".join(f"`{c}`" for c in cmds) + (" (smoke)" if res.get("smoke") else ""), ""]
+    lines += [*res.get("notes", []), ""] if res.get("notes") else []
     summary = []
     for r in rows:
         summary.append({"run": r["run"], "student": r["student"], "steps": r["steps"],
@@ -220,12 +222,13 @@ def main(argv=None) -> dict:
         p.add_argument("--rl-distill-steps", type=int, default=0,
                        help="also compare RL + distillation (lambda=--rl-coef) with plain RL for this many steps")
         p.add_argument("--rl-coef", type=float, default=0.1)
+        p.add_argument("--seed", type=int, default=0, help="consolidation seed (problem order and sampling)")
         p.add_argument("--skip-consolidate", action="store_true", help="only the RL + distillation comparison")
 
     args = parse_args(__doc__.splitlines()[0], argv, extra)
     res = new_result(NAME, MODULE, argv, smoke=args.smoke, runs=[], rl_distill=[])
     ccfg = {"learning_rate": args.lr, "prompts_per_step": args.prompts_per_step,
-            "samples_per_prompt": args.samples_per_prompt, "eval_size": min(8, args.eval_size)}
+            "samples_per_prompt": args.samples_per_prompt, "eval_size": min(8, args.eval_size), "seed": args.seed}
     if args.smoke:
         row, parts = _smoke_row(ccfg)
         res["runs"].append(row)
@@ -241,7 +244,8 @@ def main(argv=None) -> dict:
         for run in runs:
             cfg, task, seed, best, base, trained = load_run_parts(run)
             if not args.skip_consolidate:
-                row = measure(Path(run).name, task, seed, best, base, trained, student=args.student, steps=args.steps,
+                row = measure(f"{Path(run).name} (consolidation seed {args.seed})", task, seed, best, base, trained,
+                              student=args.student, steps=args.steps,
                               eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, ccfg=ccfg)
                 row["task"] = cfg.get("task")
                 res["runs"].append(row)
