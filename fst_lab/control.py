@@ -56,6 +56,11 @@ class Control:
             with self._alock:
                 self._activity[:] = [e for e in self._activity if e is not entry]
 
+    def current(self) -> list[str]:
+        """The innermost step's ``[label]`` (to rewrite it), or a detached one when no step runs."""
+        with self._alock:
+            return self._activity[-1] if self._activity else [""]
+
     @property
     def busy(self) -> bool:
         return bool(self._activity)

@@ -62,13 +62,18 @@ def run_schedule(session, cycles: int, evaluate: bool) -> None:
              "c": lambda: session.consolidate(1)}  # 'c': consolidation (fst_lab.consolidate)
     counters, control = session.counters, session.control
     control.forget_stop()  # a stop requested before this run started is forgotten (the file is not)
+    act = control.current()  # the run's own activity label (Session.run marks it), kept up to date here
     bar = progress_bar(session.progress, total=cycles * len(plan), desc=f"{session.config.mode} cycles")
     if bar is not None:
         bar.update(counters["plan_pos"])
     try:
-        for _ in range(cycles):
+        for done in range(cycles):
+            label = f"run: cycle {done + 1}/{cycles}"
             for pos in range(counters["plan_pos"], len(plan)):
-                control.wait_unpaused()
+                if control.paused:
+                    act[0] = f"paused ({label})"
+                    control.wait_unpaused()
+                act[0] = label
                 if control.stop_requested():
                     session._event("stop", counters=dict(counters))
                     return

@@ -263,3 +263,19 @@ def test_fast_step_progress_events(tmp_path):
     assert len({i for i, _ in gepa}) >= 2 and gepa[-1][0] == gepa[-1][1] > 0
     assert all(a[0] <= b[0] for a, b in zip(gepa, gepa[1:]))
     s.close()
+
+
+def test_activity_says_paused_while_a_run_waits(tmp_path):
+    s = Session(tiny_config(tmp_path, mode="rl", cycles=2, steps_per_cycle=1, eval_every_cycle=False),
+                policy=tiny_policy(seed=0), progress=False)
+    s.pause()
+    t = threading.Thread(target=s.run)
+    t.start()
+    deadline = time.time() + 60
+    while s.activity != "paused (run: cycle 1/2)" and time.time() < deadline:
+        time.sleep(0.02)
+    assert s.busy and s.paused and s.activity == "paused (run: cycle 1/2)" and s.counters["rl_step"] == 0
+    s.resume_work()
+    t.join(timeout=300)
+    assert not t.is_alive() and s.counters["cycle"] == 2 and not s.busy
+    s.close()
