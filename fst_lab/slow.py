@@ -191,6 +191,8 @@ class SlowLearner:
             raise RuntimeError(f"world size from the environment ({self.num_processes}) != the trainer's "
                                f"({args.world_size})")
         dataset = Dataset.from_dict({"prompt": [f"fst-slot-{i}" for i in range(_N_SLOTS)]})
+        # TRL 1.16 reads the model's deprecated ``is_gradient_checkpointing`` at every step (not ours to fix)
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*rollout_func.*experimental.*")
             trainer = _trainer_class()(model=model, reward_funcs=[_task_reward], args=args, train_dataset=dataset,
@@ -573,14 +575,25 @@ def grpo_args(config: SlowConfig, output_dir: Path, micro: int, grad_accum: int,
         lr_scheduler_type="constant_with_warmup", max_grad_norm=config.max_grad_norm,
         max_steps=10**9,  # unbounded: step() decides how many run
         logging_strategy="steps", logging_steps=1, save_strategy="no", report_to=config.report_to,
-        disable_tqdm=True, seed=config.seed, gradient_checkpointing=config.gradient_checkpointing,
+        disable_tqdm=True, seed=config.seed,
         disable_dropout=True, remove_unused_columns=False, log_completions=False,
         use_vllm=config.use_vllm, vllm_mode=config.vllm_mode,
         vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         vllm_importance_sampling_correction=False,  # rollouts don't carry vLLM's sampling logprobs
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
         **backends.device_args(backend, config.precision),
+        **_checkpointing_args(GRPOConfig, config.gradient_checkpointing),
     )
+
+
+def _checkpointing_args(args_class, on: bool) -> dict:
+    """transformers >= 5.2x names it ``activation_checkpointing`` (``gradient_checkpointing`` warns); the GPU
+    library set's transformers 5.17 only knows the old name."""
+    import dataclasses
+
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(args_class)}:
+        return {"activation_checkpointing": on, "gradient_checkpointing": None}
+    return {"gradient_checkpointing": on}
 
 
 def _env_world_size() -> int:
