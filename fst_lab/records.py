@@ -41,7 +41,8 @@ SAMPLE_COUNTERS = ("samples_rl", "samples_fast")  # summed into ``samples`` (the
 # samples_distill (consolidation's student rollouts) is counted apart: it would skew that axis.
 COUNTERS = ("samples", *SAMPLE_COUNTERS, "samples_distill", "rl_step", "fast_round", "consolidate_step", "cycle",
             "stage")
-# Context in every metrics record: the stage's task, seconds since the session object started, wall time.
+# Context in every metrics record: the stage's task, ``time`` = seconds since this Session object started
+# (it restarts at a resume: not a counter, don't plot against it across resumes), ``ts`` = UTC wall time.
 CONTEXT = ("kind", "task", "time", "ts")
 
 # Per-kind keys (besides COUNTERS and CONTEXT). Optional keys may be absent (e.g. kl with the probe off).
