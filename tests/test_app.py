@@ -249,7 +249,8 @@ def test_diff_lineage_curves(client, tiny_view):
     seed_line = next(ln for ln in lines if seed.id in ln)
     edit_line = next(ln for ln in lines if edited.id in ln)
     assert "🌱 seed" in seed_line and "✍️ manual" in edit_line and "└── " in edit_line
-    assert "hand edit in the fixture" in edit_line and "★ best" in edit_line
+    assert "hand edit in the fixture" in edit_line
+    assert "not evaluated" in edit_line and "★ best" not in edit_line  # unscored: not the best
 
     p1, p2 = client.predict("tiny", api_name="/curves")
     for p in (p1, p2):

@@ -34,8 +34,8 @@ def lineage_text(run, cycle) -> str:
         return f"❌ {e}"
     pop = [m["id"] for m in rec.get("members", [])]
     scores = rec.get("scores", {}) or {}
-    best = run.best_harness(C.parse_cycle(cycle)) if pop else None
-    return render.lineage_tree(run.lineage_edges(), population=pop, scores=scores, best=best.id if best else None)
+    return render.lineage_tree(run.lineage_edges(), population=pop, scores=scores,
+                               best=render.best_scored(pop, scores))
 
 
 def curves(run):

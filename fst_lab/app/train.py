@@ -263,8 +263,9 @@ class Steering:
         if self.session is None:
             return "(no session)"
         s = self.session
-        return render.lineage_tree(s.lineage(), population=[h.id for h in s.population], scores=s.population_scores,
-                                   best=s.best_harness().id)
+        pop = [h.id for h in s.population]
+        return render.lineage_tree(s.lineage(), population=pop, scores=s.population_scores,
+                                   best=render.best_scored(pop, s.population_scores))
 
     def log_text(self) -> str:
         return "\n".join(self.log)

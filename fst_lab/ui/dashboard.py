@@ -325,7 +325,7 @@ class Dashboard:
         try:
             lineage = s.lineage()
             pop = [h.id for h in s.population]
-            best = s.best_harness().id
+            best = render.best_scored(pop, s.population_scores)
         except Exception as e:
             log.debug("population unavailable: %s", e)
             return

@@ -281,6 +281,12 @@ def rollout_source_label(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------- lineage as text
+def best_scored(population: Sequence[str], scores: Mapping[str, Any]) -> str | None:
+    """The best *scored* member (a fresh hand edit is "not evaluated", never "★ best")."""
+    scored = [h for h in population if isinstance(scores.get(h), (int, float))]
+    return max(scored, key=lambda h: scores[h]) if scored else None
+
+
 def lineage_tree(edges: Sequence[dict], *, population: Sequence[str] = (), scores: dict | None = None,
                  best: str | None = None) -> str:
     """The lineage as a text tree (first parent = tree parent; extra parents are listed as 'merge of').
