@@ -102,6 +102,7 @@ def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None
                 label=f"{prefix}{R.LABELS['best_val']}")
         drew = True
     ax.set(title="Reward vs samples", xlabel=SAMPLES_LABEL, ylabel="reward", ylim=(-0.05, 1.05))
+    _integer_ticks(ax.xaxis)  # samples are counts
     return drew
 
 
