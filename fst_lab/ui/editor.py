@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fst_lab.harness import TOOL_DESC_PREFIX, Harness, HarnessError, few_shot_from_text
+from fst_lab.harness import TOOL_DESC_PREFIX, Harness, HarnessError
 
 TOOLS_JSON = "tools_json"  # key of the whole-tools-list text in editor_texts()
 
@@ -63,20 +63,17 @@ def build_edit(old: Harness, texts: dict[str, str]) -> dict[str, str] | Harness 
         # Component edits only: validate now (with_components raises on a bad few-shot or template).
         old.with_components(changed, origin="manual")
         return changed
+    # The tools list changed: a harness with the new list, then the component edits through
+    # Harness.with_components (the one place components are applied; its lineage is replaced by the
+    # session's manual edit).
+    names = [t.get("function", {}).get("name") for t in tools
+             if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    for comp in changed:
+        name = comp[len(TOOL_DESC_PREFIX):] if comp.startswith(TOOL_DESC_PREFIX) else None
+        if name is not None and name not in names:
+            raise HarnessError(f"the description box of tool '{name}' was edited, but the tools JSON no "
+                               f"longer has a tool named '{name}'", path=comp)
     data: dict[str, Any] = old.to_dict(with_lineage=False)
     data["tools"] = tools
-    names = [t.get("function", {}).get("name") for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
-    for comp, text in changed.items():
-        if comp in ("system_prompt", "task_template"):
-            data[comp] = text
-        elif comp == "few_shot":
-            data["few_shot"] = few_shot_from_text(text)
-        elif comp.startswith(TOOL_DESC_PREFIX):
-            name = comp[len(TOOL_DESC_PREFIX):]
-            if name not in names:
-                raise HarnessError(f"the description box of tool '{name}' was edited, but the tools JSON no "
-                                   f"longer has a tool named '{name}'", path=comp)
-            for t in tools:
-                if t["function"].get("name") == name:
-                    t["function"]["description"] = text
-    return Harness.from_dict(data, source="<tools JSON>")
+    base = Harness.from_dict(data, source="<tools JSON>")
+    return base.with_components(changed, origin="manual") if changed else base
