@@ -296,7 +296,7 @@ def build_tab(app, header) -> dict:
                 run_btn = gr.Button("Run cycles ▶", interactive=False, elem_id="run-btn")
                 pause_btn = gr.Button("Pause ⏸", interactive=False, elem_id="pause-btn")
                 resume_btn = gr.Button("Resume", interactive=False, elem_id="resume-btn")
-                stop_btn = gr.Button("Stop ⏹", variant="stop", interactive=False, elem_id="stop-btn")
+                stop_btn = gr.Button("Stop ⏹", variant="secondary", interactive=False, elem_id="stop-btn")
             progress_md = gr.Markdown(steering.state_line(), elem_id="train-progress")
             session_msg = gr.Markdown(elem_id="train-message")
             with gr.Accordion("session status (JSON)", open=False):
@@ -326,7 +326,9 @@ def build_tab(app, header) -> dict:
         idle = has and not busy
         return [gr.Button(interactive=idle and mode != "rl"), gr.Button(interactive=idle and mode != "gepa"),
                 gr.Button(interactive=idle), gr.Button(interactive=has and busy and not paused),
-                gr.Button(interactive=has and paused), gr.Button(interactive=has and busy),
+                gr.Button(interactive=has and paused),
+                # red only while there is something to stop (a disabled red button still looks armed)
+                gr.Button(interactive=has and busy, variant="stop" if has and busy else "secondary"),
                 gr.Button(interactive=has)]
 
     button_outs = [fast_btn, slow_btn, run_btn, pause_btn, resume_btn, stop_btn, edit_btn]
