@@ -3,9 +3,11 @@
     >>> kl = probe_kl(model, base, tokenizer, harness, examples, cache={})   # mean per-token KL, nats
 
 Each probe sequence is a prompt plus the reference response ``"Answer: <answer>"``; the KL is exact
-(over the full vocabulary) and averaged over the response positions. Log-softmax and the KL sum run in
-float32; the forwards run in the model's own numerics (under ``precision: bf16`` the trainer has wrapped
-the model's forward in bfloat16 autocast, so the probe sees what sampling and training see).
+(over the full vocabulary) and averaged over the response positions. It runs in float32 whatever the
+training precision: under ``precision: bf16`` the trainer (accelerate) wraps the model's forward in
+bfloat16 autocast, and bf16 rounding alone puts a floor of ~1e-3 nats under the KL of a barely moved
+LoRA policy (measured on the demo: 0.0013 after one step vs 0.0002 in float32), so the probe calls the
+model's own forward, from under that wrapper, to measure drift rather than rounding.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ def probe_kl(model, base, tokenizer, harness: "Harness | None", examples: Sequen
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
 
     def response_logprobs(m):  # [rows, n, vocab]: log-softmax at the n positions before the last
-        logits = m(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=n + 1).logits[:, :-1]
-        return torch.log_softmax(logits.float(), -1)
+        forward = getattr(m, "_original_forward", m)  # accelerate keeps the unwrapped forward here
+        with torch.autocast(device.type, enabled=False):
+            logits = forward(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=n + 1).logits
+        return torch.log_softmax(logits[:, :-1].float(), -1)
 
     was_training = model.training
     model.eval()

@@ -459,3 +459,18 @@ def test_bf16_precision_trains_with_float32_master_weights(tiny_policy, pop, tmp
                    if torch.is_tensor(t) and t.is_floating_point())
         assert any(not torch.equal(before[k], v) for k, v in _lora(lr).items())
         assert math.isfinite(rec["loss"]) and rec["kl"] > 0
+
+
+def test_kl_probe_is_float32_under_bf16(tiny_policy, pop, tmp_path):
+    """The probe measures drift, not bf16 rounding: a bf16 learner's probe equals an fp32 learner's on the
+    same weights (the trainer's bf16 autocast wrapper is bypassed)."""
+    from fst_lab.models import tiny_policy as make
+
+    with SlowLearner(tiny_policy, ParityTask(), pop, _cfg(precision="bf16", kl_probe_size=2),
+                     output_dir=tmp_path / "b") as b:
+        b.step(1)
+        b.save_adapter(tmp_path / "adapter")
+        kl_b = b.kl_probe()
+        with SlowLearner(make(seed=0), ParityTask(), pop, _cfg(kl_probe_size=2), output_dir=tmp_path / "f") as f:
+            f.load_adapter(tmp_path / "adapter")
+            assert kl_b > 0 and kl_b == pytest.approx(f.kl_probe(), rel=1e-4)
