@@ -37,6 +37,8 @@ BENCHMARKS = {
     "continual": ("benchmarks.bench_continual", "continual", "Continual learning (three-stage task switch)"),
     "consolidate": ("benchmarks.bench_consolidate", "consolidate",
                     "Consolidation (the evolved harness distilled into the weights)"),
+    "powered": ("benchmarks.bench_powered", "powered",
+                "FST vs RL-only vs GEPA-only, powered: 5 seeds, 30 RL steps, 64-example validation (issue 21)"),
 }
 
 LLAMA_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF" '

