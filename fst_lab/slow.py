@@ -314,6 +314,7 @@ class SlowLearner:
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        self._stepper.start()  # step(0) sets train() up (optimizer, scheduler) without stepping
         out: list[dict] = []
         for _ in range(n):
             self._plan = (self._task, self._plan_step())
