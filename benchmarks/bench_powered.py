@@ -496,8 +496,9 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
         out += ["To work through the rest (repeat in every session: finished runs are skipped, a run in "
                 "progress resumes from its run directory; two processes may share the results file):", "",
                 f"    {CONTINUE}", ""]
-    if res.get("estimate"):
-        out += [res["estimate"], ""]
+    for key in ("estimate", "measured"):
+        if res.get(key):
+            out += [res[key], ""]
     an = res.get("analysis", {})
     rows = []
     for key, a in an.items():
@@ -601,6 +602,40 @@ def grid_estimate(n_seeds: int = len(SEEDS)) -> str | None:
     return estimate_text(base_config("math", 0, False), base_config("hover", 0, False), n_seeds, rate, source)
 
 
+def measured_estimate(root: Path) -> str | None:
+    """The grid's cost from its own full-size steps so far (every run directory under ``root``): median
+    seconds per RL step and per GEPA round, evaluation rollouts at the GEPA round's seconds per rollout."""
+    from fst_lab import records
+    from fst_lab.runs import is_run_dir, load_run
+
+    steps, rounds, per_rollout, loads = [], [], [], []
+    for d in sorted(Path(root).glob("*")) if Path(root).exists() else []:
+        if not (d.is_dir() and is_run_dir(d)) or not d.name.startswith("math-"):
+            continue
+        recs = load_run(d).metrics
+        steps += [r["step_seconds"] for r in records.of_kind(recs, "slow") if r.get("step_seconds")]
+        for r in records.of_kind(recs, "fast"):
+            if r.get("seconds") and r.get("rollouts"):
+                rounds.append(r["seconds"])
+                per_rollout.append(r["seconds"] / r["rollouts"])
+        loads += [x["loadavg_end"][0] for x in _read_segments(root, d.name) if x.get("loadavg_end")]
+    if not steps or not rounds:
+        return None
+    step, rnd, pr = statistics.median(steps), statistics.median(rounds), statistics.median(per_rollout)
+    c = base_config("math", 0, False)
+    n_eval = (c["cycles"] + 1) * c["eval_size"]
+    rl_h = (c["cycles"] * c["steps_per_cycle"] * step + n_eval * pr) / 3600
+    gepa_h = (c["cycles"] * rnd + n_eval * pr) / 3600
+    fst_h = rl_h + gepa_h - n_eval * pr / 3600 + 4 * c["eval_size"] * pr / 3600
+    per_seed = rl_h + fst_h + gepa_h
+    return (f"**Measured at full size** (math runs so far, single thread, load "
+            f"{min(loads or [0]):.1f}–{max(loads or [0]):.1f}): one RL step (32 rollouts, training, KL probe) "
+            f"{step:.0f} s (median of {len(steps)}), one GEPA round {rnd:.0f} s (median of {len(rounds)}; "
+            f"{pr:.1f} s per rollout, used for evaluation too). Per math seed: rl {rl_h:.1f} h, fst {fst_h:.1f} h, "
+            f"gepa {gepa_h:.1f} h = {per_seed:.1f} h; {len(SEEDS)} seeds {len(SEEDS) * per_seed:.0f} h; with hover "
+            f"at ~2x per rollout the default grid is ≈ {3 * len(SEEDS) * per_seed:.0f} CPU-hours.")
+
+
 # ---------------------------------------------------------------------------- main
 def run(args) -> dict:
     logging.getLogger("fst_lab").setLevel(logging.WARNING)
@@ -658,7 +693,7 @@ def run(args) -> dict:
         res = commit(out, res, finished=rec)  # atomic, after every finished run
         print(f"    {rec['seconds']:.0f}s, val {[round(e['reward'], 3) for e in rec['evals']]}", flush=True)
     res = commit(out, res)
-    finish(res, out, smoke)
+    finish(res, out, smoke, root)
     return res
 
 
@@ -692,8 +727,10 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
     return merged
 
 
-def finish(res: dict, out: Path, smoke: bool) -> None:
+def finish(res: dict, out: Path, smoke: bool, root: Path | None = None) -> None:
     res["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    if not smoke:
+        res["measured"] = measured_estimate(root or RUNS_ROOT) or res.get("measured")
     res["loadavg_end"] = loadavg()
     res = commit(out, res)
     if res["runs"]:
@@ -713,7 +750,8 @@ def main(argv=None) -> dict:
         p.add_argument("--stop-after-steps", type=int, default=None,
                        help="stop each run of this invocation once it has this many RL steps (as a session's end "
                             "would; the next invocation resumes it)")
-        p.add_argument("--plan", action="store_true", help="print the plan, the fast/slow share and the grid's state, record the planned grid; "
+        p.add_argument("--plan", action="store_true",
+                       help="print the plan, the fast/slow share and the grid's state, record the planned grid; "
                             "train nothing")
         p.add_argument("--analyse", action="store_true", help="only re-analyse the results file and redraw the plots")
 
@@ -729,7 +767,7 @@ def main(argv=None) -> dict:
         res = load_result(args.out, NAME)
         if res is None:
             raise SystemExit(f"no {NAME}.json in {args.out}")
-        finish(res, Path(args.out), args.smoke)
+        finish(res, Path(args.out), args.smoke, Path(args.runs_root) if args.runs_root else None)
     else:
         res = run(args)
     if not args.plan:

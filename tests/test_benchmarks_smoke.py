@@ -149,3 +149,27 @@ def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
     assert "6 of 6 runs finished" in text
     more = bp.markdown({**again, "grid": again["grid"] + ["hover-rl-s0"]})
     assert "Missing (not started): hover-rl-s0" in more
+
+
+def test_powered_analysis_bands_and_reach():
+    """The analysis on hand-made runs: band = mean and bootstrap range over seeds, reach of RL's final mean."""
+    from benchmarks import bench_powered as bp
+
+    def run(mode, seed, rewards, per_step=32, fast=0):
+        evals = [{"samples": i * (per_step + fast), "rl_step": 0 if mode == "gepa" else i, "reward": r,
+                  "kl": 0.01 * i} for i, r in enumerate(rewards)]
+        return {"name": f"math-{mode}-s{seed}", "task": "math", "mode": mode, "seed": seed, "variant": "default",
+                "evals": evals, "seconds": 10.0 + seed, "ablation": None, "counters": evals[-1], "final": {}}
+
+    runs = [run("rl", 0, [0.2, 0.3, 0.4]), run("rl", 1, [0.2, 0.2, 0.6]),
+            run("fst", 0, [0.2, 0.5, 0.5], fast=4), run("fst", 1, [0.2, 0.4, 0.3], fast=4)]
+    a = bp.analyse({"runs": runs})["default/math"]
+    assert a["target"]["reward"] == pytest.approx(0.5)  # mean of RL's final running max (0.4, 0.6)
+    b = a["bands"]["fst"]["samples"]
+    assert b["x"] == [0, 36, 72] and b["mean"] == pytest.approx([0.2, 0.45, 0.45])
+    assert b["lo"][1] == pytest.approx(0.4) and b["hi"][1] == pytest.approx(0.5)
+    reach = a["reach"]
+    assert reach["fst"]["rl_step"]["per_seed"] == [1, None] and reach["rl"]["rl_step"]["per_seed"] == [None, 2]
+    assert a["speedup_rl_step"]["n"] == 0  # no seed where both reached it: no ratio, rather than a made-up one
+    text = bp.markdown({"runs": runs, "analysis": {"default/math": a}, "grid": [r["name"] for r in runs]})
+    assert "4 of 4 runs finished" in text and "Missing" not in text
