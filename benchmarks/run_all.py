@@ -317,6 +317,22 @@ alternating pairs; the spread 0.81–1.08 is the shared machine, load 15–18). 
 one real extra and is measured separately (12.5 s for 8 examples); it runs every step by default
 (`kl_probe_size`), and setting it to 0 turns it off.
 """,
+    "consolidate": """
+**Reading.** One FST run (the demo's: math level 1, one GEPA round + two RL steps per cycle, two cycles),
+consolidated twice (consolidation seeds 0 and 1; 8 steps, 64 student rollouts each, student harness `short`,
+LoRA rank 16, rate 3e-4), 16 validation problems, greedy. The minimal harness scores 0 with the base and the
+trained weights (without the few-shot demo the 135M model misses the answer format); after consolidation it
+scores 0.500 / 0.375, i.e. **0.89 / 0.67 of the evolved harness's gain (0.562) is kept without the harness**,
+saving 142 prompt tokens per query (196 -> 54). The held-out per-token KL of the student to the teacher falls
+0.30 -> 0.13 in both. The evolved harness does not lose: 0.562 -> 0.688 / 0.625 (one and two problems of 16),
+and the seed harness gains too (0.438 -> 0.562). Much of what is distilled at this scale is the answer
+format the few-shot demo teaches. RL + distillation (lambda = 0.1, 4 RL steps = 32 rollouts per arm from the
+trained weights on the run's population) moved nothing measurable against plain RL at equal samples (minimal
+0 vs 0; evolved 0.562 vs 0.625, one problem): the distillation KL on the RL rollouts went 0.52 -> 0.38 but 4
+steps at the RL rate 1e-4 are too few to change greedy answers. **Missing**: the issue's >= 3 FST seeds, a
+task with tools (hover), and RL + distillation against plain FST over whole runs; each FST run costs ~27
+minutes here under load 6-9 (2 cores shared by 7 agents), so one FST seed is what fitted.
+""",
 }
 
 
