@@ -358,7 +358,7 @@ def compare_trees(args, res: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- report
-def markdown(res: dict) -> str:
+def markdown(res: dict, plots_rel: str = "plots") -> str:
     lines = [f"Command: `{res['command']}` — torch threads {res.get('torch_threads')}.", ""]
     if res.get("peak"):
         lines += ["| matmul (torch.mm) | float32 GFLOP/s | bfloat16 GFLOP/s |", "|---|---|---|"]
