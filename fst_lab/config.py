@@ -337,6 +337,9 @@ class FSTConfig:
             raise ConfigError(f"'{sched}' has no steps (w*0 repeats nothing)", path="schedule")
         if self.mode == "rl" and "p" in plan:
             raise ConfigError("mode 'rl' keeps the seed harness fixed; remove 'p' steps", path="schedule")
+        if self.mode == "rl" and "c" in plan:
+            # nothing evolves in mode rl, so a consolidation step would always fail at run time
+            raise ConfigError("mode 'rl' evolves no harness to consolidate; remove 'c' steps", path="schedule")
         if self.mode == "gepa" and ("w" in plan or "c" in plan):
             raise ConfigError("mode 'gepa' freezes the weights; remove 'w' and 'c' steps", path="schedule")
         return plan

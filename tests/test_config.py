@@ -37,7 +37,8 @@ def test_schedule_strings():
 
 def test_consolidation_token_in_schedules():
     assert FSTConfig(schedule="p -> w*6 -> c*2").cycle_plan() == ["p"] + ["w"] * 6 + ["c", "c"]
-    assert FSTConfig(mode="rl", schedule="w*2 -> c").cycle_plan() == ["w", "w", "c"]
+    with pytest.raises(ConfigError, match="mode 'rl' evolves no harness"):
+        FSTConfig(mode="rl", schedule="w*2 -> c")
     with pytest.raises(ConfigError, match="schedule: mode 'gepa' freezes the weights"):
         FSTConfig(mode="gepa", schedule="p -> c")
 
