@@ -32,6 +32,7 @@ BENCHMARKS = {
                       "Fast-loop overhead (fast step vs gepa.optimize)"),
     "slow_overhead": ("benchmarks/bench_slow_overhead.py", "slow_overhead",
                       "Slow-loop overhead (SlowLearner vs plain TRL)"),
+    "slow_step": ("benchmarks.bench_slow_step", "slow_step", "CPU speed: one RL step by phase (issue 19)"),
     "efficiency": ("benchmarks.bench_efficiency", "efficiency",
                    "Sample efficiency and drift (FST vs RL-only vs GEPA-only)"),
     "continual": ("benchmarks.bench_continual", "continual", "Continual learning (three-stage task switch)"),
@@ -310,6 +311,71 @@ policy on math (harness + weights) but not a more *sample-efficient* one, and it
 - *Memory.* The HoVer stage (multi-turn with tool observations, 8 completions per forward pass) peaks
   at ~12 GB resident; two of these next to another run exhausted the 24 GB machine once (OOM-killed,
   re-run). `slow.micro_batch_size` trades time for memory.
+""",
+    "slow_step": """
+Numbers from `benchmarks/results/slow_step.json` and
+`benchmarks/results/rollout_prefix_cache.json`. **The machine was shared with six other agents' jobs
+during every measurement (load average 6–10 on 2 cores)**: absolute seconds are 3–10× what an idle
+machine gives and the matmul "peak" is a loaded peak; the fp32-vs-bf16 and cached-vs-uncached figures
+are paired (alternating in one process), so their ratios are the usable part.
+
+**Reading.**
+- Under `precision: bf16` (TRL's own `bf16=True`, which works with `use_cpu=True`: accelerate runs
+  the model's forward under bfloat16 autocast; the model, LoRA adapters and AdamW state stay float32)
+  the training forward, the reference forward and prefill run 3–4× faster and backward 1.9×; the
+  step went 111 s → 70 s (1.6×) in the same process, alternating.
+- Decode does not get faster: at batch 8 it is bound by reading the weights, and autocast re-casts
+  the float32 weights to bf16 on every decode step (more bytes, not fewer). Storing the frozen base
+  weights in bf16 gave identical ids but no measurable gain under this load (tried, not kept).
+- The KL probe was 10–11 s of the step (one forward per example); it now runs as one left-padded batch
+  per probe (`fst_lab/klprobe.py`, commit e32640b; same values, checked by a unit test). The table
+  above was taken before that change.
+- Sampling and training numerics: accelerate wraps the trained model's forward, so with bf16 the
+  sampler and the trainer both run bf16 (the crossed rows of the bf16 learner are identical for that
+  reason). Measured as the importance ratio pi_train/pi_sample on the sampled tokens, recomputing the
+  sampler's path (KV cache, token by token) and the trainer's (one forward): fp32 mean |ratio − 1| =
+  2e-6; bf16 2.4e-2 (max |log ratio| 0.22) — bf16 rounding differs between the two computation
+  shapes. TRL's loss uses ratio 1 by construction here (one update per generation, no sampler
+  logprobs), so this is an off-policy bias of ~2% per token, not a clipped ratio.
+- The KL probe runs in float32 even under bf16 (it calls the model's forward from under the autocast
+  wrapper): in bf16 its value after one demo step was 0.0013 vs 0.0002 in fp32 — a rounding floor, not
+  drift (commit 47d6573, test `test_kl_probe_is_float32_under_bf16`).
+
+Whole RL steps against the old main (b28a772, a `git worktree`), in separate processes,
+`python -m benchmarks.bench_slow_step --threads 1 --no-breakdown --compare-tree /tmp/h5/old --pairs 2
+--ab-steps 2 --new-precision bf16` (KL probe on, as in the demo; each process: 1 warm-up step, then 2 timed; order old new new old):
+
+| process | steps (s) | load before/after |
+|---|---|---|
+| old (fp32) | 295.6, 248.5 | 6.55 / 7.25 |
+| new (bf16) | 105.0, 48.2 | 7.25 / 4.55 |
+| new (bf16) | 74.3, 65.6 | 4.55 / 4.14 |
+| old (fp32) | 40.2, 39.5 | 4.14 / 3.78 |
+
+The medians say 144 s → 70 s (2.06×), but the two old runs differ 7× with the load, so this run does
+not establish the ≥ 2× target; the same-process fp32/bf16 pairing above (1.6×) is the reliable figure.
+A second ABBA at 2 threads, started when the load had dropped to ~2, was stopped after its first
+(old) process had not finished its warm-up and two steps in 12 minutes (load back at 3 — 2-thread
+processes on oversubscribed cores stall); no figure from it.
+
+Shared-prefix KV cache for rollouts (`Policy.generate_text`, on by default): each harness's prefix
+(system prompt + few-shot) is encoded once per generate call into a transformers `DynamicCache`,
+whose rows are selected per prompt (`batch_select_indices`); greedy ids identical to the uncached path
+(tests `test_prefix_cache_gives_the_uncached_greedy_completions` on the tiny and the embedded model).
+`python -m benchmarks.bench_rollout --threads 1 --batch-sizes 8 --reps 2 --no-experiments --no-extras`:
+batch 8, 64 new tokens, fst_lab (cached) / plain `generate` (uncached) = **1.34×** paired median
+(range 1.10–1.57), same token ids, load 8.2 (3.0 vs 2.7 tok/s absolute at that load, 1 thread).
+llama.cpp is not installed in this venv, so the issue's "≥ 2× llama.cpp" was not measured in the same
+run: the section above has fst_lab/plain 1.05 and fst_lab/llama.cpp 1.53 (idle); with the cache's 1.34×
+over plain the projection is ≈ 1.95× llama.cpp — a projection across runs, not a measurement.
+
+Learning with bf16 (demo schedule, seed 0 only, `/tmp` script mirroring `fst-lab demo` with
+`slow.precision` set; 1 thread per run, both runs side by side): fp32 val 0.375 → **0.5625**, probe
+KL 0.0025 (the demo's known figure, so the refactor and the prefix cache left it unchanged); bf16
+val 0.375 → **0.4375**, KL 0.0011 (measured before the probe went float32, so partly rounding).
+One seed on 16 validation examples cannot separate these (±0.12 standard error); the 3-seed check
+was not run. **Default stays `precision: fp32`**: bf16 is 1.6× per step here but changes the demo's
+figures and adds a ~2% per-token sampler/trainer mismatch; turn it on with `slow: {precision: bf16}`.
 """,
     "slow_overhead": """
 **Reading.** A SlowLearner step costs 0.93× a plain TRL `GRPOTrainer` step (geometric mean of 3
