@@ -94,29 +94,7 @@ def materialize_model(directory: str | os.PathLike, *, tokenizer_from: str | Non
     return d
 
 
-# ---------------------------------------------------------------------------- a toy task with varied rewards
-class ParityTask:
-    """Reward = parity of the completion's character codes: a random model gets varied rewards, so
-    CISPO's group-normalised advantages are non-zero and every step is a real gradient step."""
-
-    name = "parity"
-
-    def examples(self, split, n=None):
-        from fst_lab.tasks.base import Example
-
-        exs = [Example(id=f"{split}-{i}", inputs={"question": f"What is {i} + {i}?"}, answer=str(2 * i))
-               for i in range(8)]
-        return exs[:n] if n else exs
-
-    def score(self, example, traj):
-        from fst_lab.tasks.base import Score
-
-        return Score(float(sum(map(ord, traj.final_text)) % 2), "parity of the answer's characters")
-
-    def tool_impls(self):
-        return {}
-
-
+# ---------------------------------------------------------------------------- harnesses for the toy task
 def _population(k: int):
     from fst_lab.harness import Harness
 
@@ -220,6 +198,7 @@ class Check:
     # -- three CISPO steps
     def cispo(self) -> dict:
         from fst_lab.slow import SlowLearner
+        from fst_lab.tasks.toy import ParityTask
 
         policy = self.state.get("policy")
         if policy is None:
@@ -254,6 +233,7 @@ class Check:
     def resume(self) -> dict:
         from fst_lab.models import load_policy
         from fst_lab.slow import SlowLearner
+        from fst_lab.tasks.toy import ParityTask
 
         learner = self.state.get("learner")
         if learner is None:
@@ -279,6 +259,7 @@ class Check:
     def fast(self) -> dict:
         from fst_lab.config import FastConfig
         from fst_lab.fast import fast_step
+        from fst_lab.tasks.toy import ParityTask
         from fst_lab.lm import ReflectionLM
         from fst_lab.models import load_policy
 
@@ -307,6 +288,7 @@ class Check:
             return None, "vLLM is not installed here (too large to carry in one device call)"
         from fst_lab.models import load_policy
         from fst_lab.slow import SlowLearner
+        from fst_lab.tasks.toy import ParityTask
 
         policy = load_policy(str(self.model_dir), dtype="bfloat16")
         cfg = self._config(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.2)

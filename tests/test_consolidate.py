@@ -214,36 +214,16 @@ def test_heldout_items_align_the_same_completion_in_both_contexts(task, seed, ev
 
 
 # ---------------------------------------------------------------------------- RL + distillation
-class _ParityTask:
-    """Reward = parity of the completion's characters: reward variance in every group, so RL has a loss."""
-
-    name = "parity"
-
-    def examples(self, split, n=None):
-        from fst_lab.tasks import Example
-
-        exs = [Example(id=f"{split}-{i}", inputs={"question": f"What is {i} + {i}?"}, answer=str(2 * i))
-               for i in range(6)]
-        return exs[:n] if n else exs
-
-    def score(self, example, traj):
-        from fst_lab.tasks import Score
-
-        return Score(float(sum(map(ord, traj.final_text)) % 2), "parity")
-
-    def tool_impls(self):
-        return {}
-
-
 def _rl_run(seed_h, evolved, tmp_path, name, coef=None, steps=2):
     from fst_lab.consolidate import DistillTerm
     from fst_lab.models import tiny_policy
     from fst_lab.slow import SlowConfig, SlowLearner
+    from fst_lab.tasks.toy import ParityTask
 
     cfg = SlowConfig(num_generations=4, population_size=2, prompts_per_step=2, max_completion_length=6,
                      warmup_steps=0, learning_rate=1e-2, kl_probe_size=0, seed=0)
     torch.manual_seed(0)
-    learner = SlowLearner(tiny_policy(seed=0), _ParityTask(), [evolved, seed_h], cfg, output_dir=tmp_path / name)
+    learner = SlowLearner(tiny_policy(seed=0), ParityTask(n=6), [evolved, seed_h], cfg, output_dir=tmp_path / name)
     term = None
     if coef is not None:
         term = DistillTerm(learner, minimal_harness(seed_h, "short"), coef)

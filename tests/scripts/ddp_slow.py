@@ -15,24 +15,9 @@ from pathlib import Path
 from fst_lab.harness import Harness
 from fst_lab.models import tiny_policy
 from fst_lab.slow import SlowConfig, SlowLearner
-from fst_lab.tasks.base import Example, Score
+from fst_lab.tasks.toy import ParityTask
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class ParityTask:
-    name = "parity"
-
-    def examples(self, split, n=None):
-        exs = [Example(id=f"{split}-{i}", inputs={"question": f"What is {i} + {i}?"}, answer=str(2 * i))
-               for i in range(8)]
-        return exs[:n] if n else exs
-
-    def score(self, example, traj):
-        return Score(float(sum(map(ord, traj.final_text)) % 2), "parity")
-
-    def tool_impls(self):
-        return {}
 
 
 def main(out: Path) -> None:
