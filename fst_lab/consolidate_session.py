@@ -60,15 +60,8 @@ def session_consolidate(session, n: int | None = None) -> list[dict]:
     teachers = evolved_teachers(session.population, session.seed_harness, cfg.teacher, session.population_scores)
     student = minimal_harness(session.seed_harness, cfg.student, cfg.student_system_prompt)
     out: list[dict] = []
-    with session._working(f"consolidate 0/{n}") as act:
-        for i in range(n):
-            if i and session.control.paused:
-                act[0] = f"paused before consolidation step {i + 1}/{n}"
-                session.control.wait_unpaused()
-            if session.control.stop_requested():
-                break
-            act[0] = f"consolidate {i + 1}/{n}"
-            session.control.notify(records.progress("consolidate", i, n))
+    with session.control.paced(n, "consolidation step", "consolidate", session._lock) as steps:
+        for i in steps:
             cons = _consolidator(session, teachers, student, cfg)
             t0 = time.time()
             m = cons.step(1)[-1]

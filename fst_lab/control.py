@@ -56,6 +56,30 @@ class Control:
             with self._alock:
                 self._activity[:] = [e for e in self._activity if e is not entry]
 
+    @contextmanager
+    def paced(self, n: int, name: str, phase: str, lock: threading.RLock | None = None,
+              wrap: Callable[[Iterator[int]], Iterator[int]] = iter) -> Iterator[Iterator[int]]:
+        """``n`` steps of one call, paced the same way for every step kind: the activity reads
+        ``"<name> i/n"``, a pause holds between steps (a step called directly runs), a stop request ends
+        the loop and a progress event announces each step. ``wrap`` may add a progress bar.
+
+            >>> with control.paced(4, "slow step", "rl", lock) as steps:
+            ...     for i in steps: ...
+        """
+        with self.working(f"{name} 0/{n}", lock) as act:
+            def steps() -> Iterator[int]:
+                for i in wrap(range(n)):
+                    if i and self.paused:
+                        act[0] = f"paused before {name} {i + 1}/{n}"
+                        self.wait_unpaused()
+                    if self.stop_requested():
+                        return
+                    act[0] = f"{name} {i + 1}/{n}"
+                    self.notify(records.progress(phase, i, n))
+                    yield i
+
+            yield steps()
+
     def current(self) -> list[str]:
         """The innermost step's ``[label]`` (to rewrite it), or a detached one when no step runs."""
         with self._alock:

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -220,15 +221,9 @@ class Session:
         if self.config.mode == "gepa":
             raise SessionError("mode 'gepa' freezes the weights: no slow steps")
         out = []
-        with self._working(f"slow step 0/{n}") as act:
-            for i in progress_bar(self.progress, range(n), desc="slow steps", total=n, disable=n <= 1):
-                if i and self.control.paused:  # pause holds between steps (a step called directly runs)
-                    act[0] = f"paused before slow step {i + 1}/{n}"
-                    self.control.wait_unpaused()
-                if self.control.stop_requested():
-                    break
-                act[0] = f"slow step {i + 1}/{n}"
-                self.control.notify(records.progress("rl", i, n))
+        bar = partial(progress_bar, self.progress, desc="slow steps", total=n, disable=n <= 1)
+        with self.control.paced(n, "slow step", "rl", self._lock, wrap=bar) as steps:
+            for i in steps:
                 self._sync_hand_edits()
                 slow = self._ensure_slow()
                 slow.set_population(self._train_population())
