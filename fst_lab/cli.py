@@ -74,14 +74,14 @@ def _run_view(path: str, *, config: bool = False):
 def _start_session(cfg, config_path: str | None):
     """Session(cfg), with errors about a field placed at its line in the config file."""
     from fst_lab.config import ConfigError, field_lines
-    from fst_lab.models import ModelNotFoundError
+    from fst_lab.models import ModelNotFoundError, check_model
     from fst_lab.session import Session
 
     try:
         from fst_lab.plan import refuse_placeholders
 
         refuse_placeholders(cfg)  # configs/paper/*.yaml name no model until you fill one in
-        _check_model(cfg.model)
+        check_model(cfg.model)
         return Session(cfg)
     except ModelNotFoundError as e:
         raise ConfigError(one_line(e).removeprefix("model: "), path="model").located(
@@ -100,33 +100,6 @@ def _not_a_file(path: str | None, what: str) -> None:
             if not q.is_dir():
                 raise UsageError(f"{what} {path}: {q} exists and is not a directory")
             return
-
-
-def _check_model(name: str) -> None:
-    """Refuse a model that can't be found, without loading it (before any run directory exists)."""
-    from fst_lab import models
-
-    if name in models.EMBEDDED:
-        if not models.converted_dir(name).exists():
-            models.embedded_gguf(name)  # the wheel must be there to convert from
-        return
-    path = Path(name).expanduser()
-    if path.exists() or name.startswith((".", "/", "~")):
-        models.resolve_model_path(name)  # ModelNotFoundError for a missing path
-        return
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover - transformers always brings it
-            return
-        try:
-            hit = try_to_load_from_cache(name, "config.json")
-        except Exception:  # an invalid repo id
-            hit = None
-        if not isinstance(hit, str):
-            raise models.ModelNotFoundError(
-                f"model: '{name}' is not a short name ({', '.join(models.EMBEDDED)}), an existing path, or a model "
-                "in the local Hugging Face cache (HF_HUB_OFFLINE=1: nothing is downloaded)")
 
 
 # ---------------------------------------------------------------------------- subcommands

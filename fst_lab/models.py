@@ -116,6 +116,32 @@ def resolve_model_path(name_or_path: str | None = None) -> str:
     return name_or_path  # an HF hub id: from_pretrained finds it in the local HF cache or says why not
 
 
+def check_model(name: str) -> None:
+    """Refuse a model that can't be found, without loading it (the CLI and the app call this before any run
+    directory exists)."""
+    if name in EMBEDDED:
+        if not converted_dir(name).exists():
+            embedded_gguf(name)  # the wheel must be there to convert from
+        return
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
+        resolve_model_path(name)  # ModelNotFoundError for a missing path
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - transformers always brings it
+            return
+        try:
+            hit = try_to_load_from_cache(name, "config.json")
+        except Exception:  # an invalid repo id
+            hit = None
+        if not isinstance(hit, str):
+            raise ModelNotFoundError(
+                f"model: '{name}' is not a short name ({', '.join(EMBEDDED)}), an existing path, or a model "
+                "in the local Hugging Face cache (HF_HUB_OFFLINE=1: nothing is downloaded)")
+
+
 # ---------------------------------------------------------------------------- backends
 def cuda_available() -> bool:
     try:
@@ -458,7 +484,8 @@ def load_policy(name_or_path: str | None = None, *, backend: str | None = None, 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         tok = load_tokenizer(path)
     except OSError as e:
-        raise ModelNotFoundError(f"cannot load model '{name_or_path}' from '{path}': {e}. This machine has no "
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # one line
+        raise ModelNotFoundError(f"cannot load model '{name_or_path}' from '{path}': {first} This machine has no "
                                  f"hub access: pass a local folder or one of {sorted(EMBEDDED)}") from None
     if cuda_available():  # pragma: no cover
         model = model.to("cuda")

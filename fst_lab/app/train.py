@@ -24,9 +24,10 @@ from typing import Any, Callable
 import yaml
 
 from fst_lab.app import catalog as C
+from fst_lab.errors import FstLabError
 from fst_lab.harness import Harness, HarnessError
 from fst_lab.runner import Runner
-from fst_lab.runs import RunDirError, safe_run_path
+from fst_lab.runs import safe_run_path
 from fst_lab.ui import plots, render
 
 TINY_CONFIG = """\
@@ -84,15 +85,17 @@ class Steering:
 
     # ---------------------------------------------------------------- lifecycle
     def start(self, config_text: str) -> str:
-        from fst_lab.config import ConfigError, FSTConfig
-        from fst_lab.session import Session, SessionError
+        from fst_lab.config import FSTConfig
+        from fst_lab.models import check_model
+        from fst_lab.session import Session
 
         if self.busy:
             return "⚠️ a session is working: stop it before starting another one"
         try:
             d = yaml.safe_load(config_text or "") or {}
-        except yaml.YAMLError as e:
-            return f"❌ config is not valid YAML: {e}"
+        except yaml.YAMLError as e:  # one line, like every other error here
+            mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or type(e).__name__
+            return f"❌ config:{mark.line + 1}: invalid YAML: {problem}" if mark else f"❌ config: invalid YAML: {problem}"
         if not isinstance(d, dict):
             return "❌ config must be a YAML mapping"
         secrets = C.secret_fields(d)
@@ -109,8 +112,9 @@ class Steering:
             cfg = FSTConfig.from_dict(d, source="config")
             if cfg.run_name:
                 safe_run_path(cfg.run_name, self.runs_root)
+            check_model(cfg.model)  # a missing model is one line here, before any run directory exists
             s = Session(cfg, policy=self.factory(cfg.model), progress=False)
-        except (ConfigError, SessionError, RunDirError, HarnessError, ValueError) as e:
+        except (FstLabError, ValueError) as e:  # every fst_lab error (config, model, harness, run dir...)
             return f"❌ {e}"
         old = self.session
         self.runner.attach(s)
