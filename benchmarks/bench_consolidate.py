@@ -77,15 +77,11 @@ def load_run_parts(run_dir: str | Path):
 
 def make_run(seed: int, task: str, runs_root: Path) -> Path:
     """A demo-sized FST run (same settings as ``fst-lab demo``) with ``seed``."""
-    from fst_lab.config import FSTConfig
+    from fst_lab.config import demo_config
     from fst_lab.session import Session
 
-    cfg = FSTConfig(
-        mode="fst", task=task, level=1, cycles=2, steps_per_cycle=2, population_size=2, num_generations=4,
-        prompts_per_step=2, fast_train_size=4, fast_val_size=4, eval_size=16, max_new_tokens=64, seed=seed,
-        fast={"budget_passes": 3, "reflection_max_tokens": 192},
-        slow={"learning_rate": 1e-4, "warmup_steps": 0}, runs_root=str(runs_root),
-        run_name=f"consolidate-{task}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg = demo_config(task, seed=seed, runs_root=str(runs_root),
+                      run_name=f"consolidate-{task}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     with Session(cfg, progress=False) as s:
         s.run()
         return s.run_dir

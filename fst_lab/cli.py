@@ -213,17 +213,9 @@ def _print_summary(run_dirs) -> None:
 
 
 def _demo_config(args):
-    from fst_lab.config import FSTConfig
+    from fst_lab.config import demo_config
 
-    return FSTConfig(
-        mode="fst", task=args.task, level=1, cycles=2, steps_per_cycle=2, population_size=2, num_generations=4,
-        prompts_per_step=2, fast_train_size=4, fast_val_size=4, eval_size=16, max_new_tokens=64,
-        # 3 passes = room for two proposals (one reflective, one bootstrapped: bootstrap_every=2).
-        fast={"budget_passes": 3, "reflection_max_tokens": 192},
-        # 4 RL steps only: the paper's 10 warm-up steps would keep the rate near 0 for the whole demo,
-        # and LoRA needs a higher rate than full fine-tuning to move at all in 4 steps.
-        slow={"learning_rate": 1e-4, "warmup_steps": 0}, runs_root=args.runs_root,
-        run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    return demo_config(args.task, runs_root=args.runs_root)
 
 
 def _cmd_demo(args) -> int:

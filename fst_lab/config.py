@@ -404,6 +404,24 @@ class FSTConfig:
         return FSTConfig.from_dict(d)
 
 
+def demo_config(task: str = "math", *, seed: int = 0, runs_root: str = "runs", run_name: str | None = None,
+                fast: dict | None = None, slow: dict | None = None, **kw) -> FSTConfig:
+    """The configuration of ``fst-lab demo`` (also the CPU benchmarks' "demo schedule"): 2 cycles of a GEPA
+    round (3 passes) then 2 RL steps of 2 problems x G = 4 on K = 2 harnesses, 64 new tokens, 16 val problems.
+    ``fast``/``slow`` entries and top-level keywords override the demo's."""
+    import time
+
+    return FSTConfig.from_dict({**dict(
+        mode="fst", task=task, level=1, cycles=2, steps_per_cycle=2, population_size=2, num_generations=4,
+        prompts_per_step=2, fast_train_size=4, fast_val_size=4, eval_size=16, max_new_tokens=64, seed=seed,
+        # 3 passes = room for two proposals (one reflective, one bootstrapped: bootstrap_every=2).
+        fast={"budget_passes": 3, "reflection_max_tokens": 192, **(fast or {})},
+        # 4 RL steps only: the paper's 10 warm-up steps would keep the rate near 0 for the whole demo,
+        # and LoRA needs a higher rate than full fine-tuning to move at all in 4 steps.
+        slow={"learning_rate": 1e-4, "warmup_steps": 0, **(slow or {})}, runs_root=runs_root,
+        run_name=run_name or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"), **kw})
+
+
 def field_lines(path: str | Path | None) -> dict[str, int]:
     """Line of every field in a config file (``{}`` if it can't be read): lets later errors about a
     field (a missing model, a harness) point at the line that set it, via :meth:`ConfigError.located`."""
