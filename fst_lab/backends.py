@@ -57,6 +57,79 @@ def device_args(backend: str, precision: str = "fp32") -> dict[str, Any]:
     return {"use_cpu": False, "bf16": bf16, "fp16": not bf16}  # pragma: no cover
 
 
+# ---------------------------------------------------------------------------- bf16 weight storage (CPU)
+def _bf16_linear_class():
+    import torch
+
+    class Bf16Linear(torch.nn.Linear):
+        """An ``nn.Linear`` whose frozen weight is stored in bfloat16. Under autocast it is a plain Linear; outside
+        it computes in bfloat16 and returns the input's dtype, so every caller keeps working."""
+
+        def forward(self, x):
+            w = self.weight
+            out = torch.nn.functional.linear(x.to(w.dtype), w, None if self.bias is None else self.bias.to(w.dtype))
+            return out if torch.is_autocast_enabled(x.device.type) or out.dtype == x.dtype else out.to(x.dtype)
+
+    return Bf16Linear
+
+
+_BF16_LINEAR = None
+
+
+def store_frozen_linears_bf16(model) -> int:
+    """``precision: bf16`` with LoRA on CPU: store every frozen ``nn.Linear`` weight (the base projections, the MLP
+    and the LM head) in bfloat16, once; returns how many.
+
+    Why: bf16 autocast over float32 weights re-casts every frozen weight at every forward (autocast caches casts
+    only for weights that require grad), so each decoding step reads the float32 weights, writes bf16 copies and
+    reads those: more memory traffic than float32 itself, and CPU decoding is bound by it. Stored in bf16, a
+    decoding step reads half the bytes of float32. Trainable weights (LoRA adapters, their float32 masters and
+    optimizer state), the embedding (so the residual stream stays float32 under autocast) and the norms stay
+    float32. A tied LM head gets its own bf16 copy of the embedding matrix (the embedding itself is untouched).
+    """
+    import torch
+
+    global _BF16_LINEAR
+    if _BF16_LINEAR is None:
+        _BF16_LINEAR = _bf16_linear_class()
+    n = 0
+    for mod in model.modules():
+        if type(mod) is torch.nn.Linear and not mod.weight.requires_grad and mod.weight.dtype == torch.float32:
+            mod.weight = torch.nn.Parameter(mod.weight.detach().to(torch.bfloat16), requires_grad=False)
+            if mod.bias is not None and not mod.bias.requires_grad:
+                mod.bias = torch.nn.Parameter(mod.bias.detach().to(torch.bfloat16), requires_grad=False)
+            mod.__class__ = _BF16_LINEAR
+            n += 1
+    return n
+
+
+class float32_linears:
+    """Context: the bf16-stored linears of :func:`store_frozen_linears_bf16` computed from float32 copies of their
+    weights (exactly the stored values, upcast), restored afterwards. For measurements that must not carry bf16
+    rounding (the KL probe); costs one float32 copy of those weights while inside."""
+
+    def __init__(self, model):
+        self.model, self.saved = model, []
+
+    def __enter__(self):
+        import torch
+
+        if _BF16_LINEAR is None:
+            return self
+        for mod in self.model.modules():
+            if isinstance(mod, _BF16_LINEAR) and mod.weight.dtype == torch.bfloat16:
+                self.saved.append((mod, mod.weight, mod.bias))
+                mod.weight = torch.nn.Parameter(mod.weight.float(), requires_grad=False)
+                if mod.bias is not None:
+                    mod.bias = torch.nn.Parameter(mod.bias.float(), requires_grad=False)
+        return self
+
+    def __exit__(self, *exc):
+        for mod, w, b in self.saved:
+            mod.weight, mod.bias = w, b
+        self.saved = []
+
+
 def lora_config(config: SlowConfig):
     """The PEFT LoRA config (dropout 0: dropout would make the logprobs of generation and training differ)."""
     from peft import LoraConfig

@@ -73,6 +73,7 @@ from fst_lab.config import CONSOLIDATE_TEACHERS as TEACHERS  # noqa: F401
 from fst_lab.config import ConfigError, ConsolidateConfig  # noqa: F401  (ConsolidateConfig lives with FSTConfig)
 from fst_lab.errors import FstLabError
 from fst_lab.harness import Harness, atomic_write_text
+from fst_lab.runs import CONSOLIDATE_DIR, CONSOLIDATE_STATE, TEACHER_WEIGHTS
 
 if TYPE_CHECKING:  # pragma: no cover
     from fst_lab.models import Policy
@@ -80,7 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "consolidate_state.json"
+STATE_FILE = CONSOLIDATE_STATE  # in a session checkpoint: <checkpoint>/consolidate/
 STATE_FORMAT = 1
 DEFAULT_SHORT_PROMPT = "Solve the task."
 
@@ -481,7 +482,7 @@ class Consolidator:
         d.mkdir(parents=True, exist_ok=True)
         tparams = dict(self.teacher_model.named_parameters())
         tnames = getattr(self.teacher_model, "_fst_snapshot_names", None) or list(tparams)
-        save_file({n: tparams[n].detach().contiguous().cpu() for n in tnames}, str(d / "teacher.safetensors"))
+        save_file({n: tparams[n].detach().contiguous().cpu() for n in tnames}, str(d / TEACHER_WEIGHTS))
         sparams = dict(self.policy.model.named_parameters())
         save_file({n: sparams[n].detach().contiguous().cpu() for n in self._names}, str(d / "student.safetensors"))
         torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
@@ -509,7 +510,7 @@ class Consolidator:
             log.warning("%s: teachers differ from the saved ones (%s vs %s); using the saved ones", f,
                         [h.id for h in saved], [h.id for h in self.teachers])
             self.teachers = saved
-        _load_named(self.teacher_model, load_file(str(d / "teacher.safetensors")), f"{d}/teacher.safetensors")
+        _load_named(self.teacher_model, load_file(str(d / TEACHER_WEIGHTS)), f"{d}/{TEACHER_WEIGHTS}")
         if weights:
             _load_named(self.policy.model, load_file(str(d / "student.safetensors")), f"{d}/student.safetensors")
         self.optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
@@ -527,16 +528,33 @@ class Consolidator:
             return None
 
 
+def load_teacher_snapshot(model, checkpoint_dir: str | os.PathLike) -> Path:
+    """Load the pre-consolidation weights saved in a session checkpoint (``<checkpoint>/consolidate/teacher.safetensors``:
+    the trained weights as they were when the consolidation phase began) into ``model`` (the checkpoint's weights
+    loaded as a PEFT model or plain model); returns the file. Raises :class:`ConsolidationError` when there is none."""
+    from safetensors.torch import load_file
+
+    f = Path(checkpoint_dir) / CONSOLIDATE_DIR / TEACHER_WEIGHTS
+    if not (f.parent / STATE_FILE).exists() or not f.exists():
+        raise ConsolidationError(f"{f.parent}: no complete consolidation state in this checkpoint")
+    _load_named(model, load_file(str(f)), str(f))
+    return f
+
+
 def _load_named(model, tensors: dict, source: str) -> None:
+    """Copy ``tensors`` into ``model``'s parameters by name; a name saved from the inner model of a PEFT wrapper
+    (the teacher snapshot's) also matches the wrapper's ``base_model.model.<name>``."""
     import torch
 
     params = dict(model.named_parameters())
-    missing = [n for n in tensors if n not in params]
+    target = {n: n if n in params else f"base_model.model.{n}" for n in tensors}
+    missing = [n for n, t in target.items() if t not in params]
     if missing:
         raise ConsolidationError(f"{source}: tensors {missing[:3]} do not match this model")
     with torch.no_grad():
         for n, t in tensors.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
+            p = params[target[n]]
+            p.copy_(t.to(p.device, p.dtype))
 
 
 def _is_peft(model) -> bool:

@@ -29,7 +29,7 @@ from fst_lab.consolidate import (ConsolidationError, Consolidator, DistillTerm, 
                                  minimal_harness)
 from fst_lab.harness import Harness
 
-CHECKPOINT_SUBDIR = "consolidate"  # inside a session checkpoint folder, next to the slow learner's files
+from fst_lab.runs import CONSOLIDATE_DIR as CHECKPOINT_SUBDIR  # in a session checkpoint, next to the slow learner's files
 
 
 def _phase_key(session, teachers: Sequence[Harness], student: Harness) -> str:

@@ -7,14 +7,15 @@ Each probe sequence is a prompt plus the reference response ``"Answer: <answer>"
 training precision: under ``precision: bf16`` the trainer (accelerate) wraps the model's forward in
 bfloat16 autocast, and bf16 rounding alone puts a floor of ~1e-3 nats under the KL of a barely moved
 LoRA policy (measured on the demo: 0.0013 after one step vs 0.0002 in float32), so the probe calls the
-model's own forward, from under that wrapper, to measure drift rather than rounding.
+model's own forward, from under that wrapper, to measure drift rather than rounding (frozen linears stored
+in bfloat16 are read as float32 copies of the same values: :class:`fst_lab.backends.float32_linears`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from fst_lab.backends import reference
+from fst_lab.backends import float32_linears, reference
 from fst_lab.models import render_chat
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,7 +57,7 @@ def probe_kl(model, base, tokenizer, harness: "Harness | None", examples: Sequen
 
     def response_logprobs(m):  # [rows, n, vocab]: log-softmax at the n positions before the last
         forward = getattr(m, "_original_forward", m)  # accelerate keeps the unwrapped forward here
-        with torch.autocast(device.type, enabled=False):
+        with torch.autocast(device.type, enabled=False), float32_linears(model):
             logits = forward(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=n + 1).logits
         return torch.log_softmax(logits[:, :-1].float(), -1)
 

@@ -50,6 +50,10 @@ POPULATIONS = "populations"
 CHECKPOINTS = "checkpoints"
 ROLLOUTS = "rollouts"
 FAST = "fast"
+# inside a checkpoint after consolidation steps: the phase state and the pre-consolidation (teacher) weights
+CONSOLIDATE_DIR = "consolidate"
+CONSOLIDATE_STATE = "consolidate_state.json"
+TEACHER_WEIGHTS = "teacher.safetensors"
 
 
 class RunDirError(FstLabError, ValueError):
@@ -82,6 +86,16 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     if not p.exists():
         return default
     return json.loads(p.read_text(encoding="utf-8"))
+
+
+def consolidation_steps(checkpoint: str | os.PathLike) -> int:
+    """Consolidation steps of a checkpoint's current phase (0: none since its RL step, or no complete state)."""
+    d = Path(checkpoint) / CONSOLIDATE_DIR
+    meta = read_json(d / CONSOLIDATE_STATE)
+    try:
+        return int(meta.get("steps_done", 0)) if isinstance(meta, dict) and (d / TEACHER_WEIGHTS).exists() else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 def safe_run_path(run: str | os.PathLike, root: str | os.PathLike) -> Path:

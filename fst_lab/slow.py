@@ -65,7 +65,7 @@ from fst_lab.loop_configs import LOSS_TYPES, VLLM_MODES, SlowConfig  # noqa: F40
 from fst_lab.episodes import Episode, episode_tokens  # noqa: F401  (re-exported)
 from fst_lab.harness import Harness, atomic_write_text
 from fst_lab.klprobe import probe_kl
-from fst_lab.models import Policy, generation_check
+from fst_lab.models import Policy, cuda_available, generation_check
 from fst_lab.rollout import rollout_pairs
 from fst_lab.stepper import StepInterrupted, TrainerStepper
 
@@ -165,6 +165,8 @@ class SlowLearner:
                 self._base_copy.save_pretrained(snap, safe_serialization=True)
                 model.config._name_or_path = str(snap)
         self.trainer = self._make_trainer(model, peft_config, micro, per_device // micro)
+        if config.precision == "bf16" and config.lora and self.backend == "transformers" and not cuda_available():
+            backends.store_frozen_linears_bf16(self.trainer.model)  # autocast re-casting them costs more than fp32
         self.trainer.extra_loss = extra_loss
         self.trainer.extra_loss_values = []
         backends.install_copy_guard(self.trainer.model.get_base_model() if config.lora else self.trainer.model)

@@ -372,3 +372,38 @@ def test_schedule_token_c_runs_a_consolidation_step_and_is_validated(tmp_path):
     assert kinds == ["slow", "consolidate"]
     assert s.counters["consolidate_step"] == 1 and s.counters["rl_step"] == 1 and s.counters["cycle"] == 1
     s.close()
+
+
+def test_app_weights_choice_consolidated_vs_trained_reads_the_right_tensors(tmp_path):
+    """The arena's 'trained' weights of a consolidated run are the weights from before consolidating (the
+    checkpoint's teacher snapshot); 'consolidated' the checkpoint itself; a run with no consolidation says so."""
+    import torch
+    from safetensors.torch import load_file
+
+    from fst_lab.app.weights import PolicyCache
+    from fst_lab.models import tiny_policy
+    from fst_lab.runs import load_run
+
+    s = _session(tmp_path, "cons", schedule="w")
+    s.edit_harness(0, {"system_prompt": "Add step by step, check twice, end with 'Answer: <number>'."})
+    s.slow_step(1)
+    ck = s.rundir.checkpoint_dir(s.checkpoint)
+    before = load_file(str(ck / "adapter_model.safetensors"))  # the RL-trained adapter
+    cache = PolicyCache(policy_factory=lambda name: tiny_policy(seed=0))
+    _, notice = cache.for_run(load_run(s.run_dir), "consolidated")
+    assert "no consolidation steps" in notice and "weights: trained" in notice
+
+    s.consolidate(2)
+    s.close()
+    after = load_file(str(ck / "adapter_model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    view = load_run(s.run_dir)
+
+    def lora(policy):
+        return {n.replace(".default", ""): p.detach() for n, p in policy.model.named_parameters() if "lora_" in n}
+
+    trained, t_notice = cache.for_run(view, "trained")
+    consolidated, c_notice = cache.for_run(view, "consolidated")
+    assert "before consolidation" in t_notice and "consolidated (" in c_notice and "2 consolidation steps" in c_notice
+    assert lora(trained) and all(torch.equal(v, before[k]) for k, v in lora(trained).items())
+    assert all(torch.equal(v, after[k]) for k, v in lora(consolidated).items())

@@ -459,11 +459,29 @@ def test_bf16_precision_trains_with_float32_master_weights(tiny_policy, pop, tmp
                    if torch.is_tensor(t) and t.is_floating_point())
         assert any(not torch.equal(before[k], v) for k, v in _lora(lr).items())
         assert math.isfinite(rec["loss"]) and rec["kl"] > 0
+        # The frozen projections and LM head are stored in bf16 (no autocast re-cast per forward); the embedding,
+        # norms and LoRA stay float32; the embedding matrix is not rounded by the (formerly tied) LM head's copy.
+        frozen = {n: p.dtype for n, p in lr.trainer.model.named_parameters() if not p.requires_grad}
+        assert {d for n, d in frozen.items() if n.endswith(("proj.base_layer.weight", "proj.weight", "lm_head.weight"))} \
+            == {torch.bfloat16}
+        assert {d for n, d in frozen.items() if "embed_tokens" in n or "norm" in n} == {torch.float32}
+        # A merged copy of these weights still generates outside any autocast (the linears take float32 input).
+        copy = lr.copy_policy()
+        assert copy.autocast is None and copy.generate([[{"role": "user", "content": "1 0 1"}]], max_new_tokens=3)
+
+
+def _bf16_rounded_linears(policy):
+    """The policy with every nn.Linear weight rounded to bfloat16 (kept float32, untied from the embedding):
+    the start weights a bf16 learner stores."""
+    for mod in policy.model.modules():
+        if type(mod) is torch.nn.Linear:
+            mod.weight = torch.nn.Parameter(mod.weight.detach().bfloat16().float())
+    return policy
 
 
 def test_kl_probe_is_float32_under_bf16(tiny_policy, pop, tmp_path):
     """The probe measures drift, not bf16 rounding: a bf16 learner's probe equals an fp32 learner's on the
-    same weights (the trainer's bf16 autocast wrapper is bypassed)."""
+    same weights (the trainer's bf16 autocast wrapper is bypassed; the bf16-stored linears are read as float32)."""
     from fst_lab.models import tiny_policy as make
 
     with SlowLearner(tiny_policy, ParityTask(), pop, _cfg(precision="bf16", kl_probe_size=2),
@@ -471,6 +489,7 @@ def test_kl_probe_is_float32_under_bf16(tiny_policy, pop, tmp_path):
         b.step(1)
         b.save_adapter(tmp_path / "adapter")
         kl_b = b.kl_probe()
-        with SlowLearner(make(seed=0), ParityTask(), pop, _cfg(kl_probe_size=2), output_dir=tmp_path / "f") as f:
+        with SlowLearner(_bf16_rounded_linears(make(seed=0)), ParityTask(), pop, _cfg(kl_probe_size=2),
+                         output_dir=tmp_path / "f") as f:
             f.load_adapter(tmp_path / "adapter")
             assert kl_b > 0 and kl_b == pytest.approx(f.kl_probe(), rel=1e-4)

@@ -1,8 +1,13 @@
-"""The arena's weights: the base policy per model name, and a run's trained weights (base + the
-safetensors adapter or weights of its latest checkpoint; nothing pickled is ever read).
+"""The arena's weights: the base policy per model name, and a run's trained and consolidated weights (base +
+the safetensors adapter or weights of its latest checkpoint; nothing pickled is ever read).
 
     >>> cache = PolicyCache()
-    >>> policy, notice = cache.for_run(run, "trained")
+    >>> policy, notice = cache.for_run(run, "consolidated")     # base | trained | consolidated
+
+After ``consolidate`` steps, a run's latest checkpoint holds the consolidated weights, and its ``consolidate/``
+folder the trained weights from before the consolidation phase (the teacher snapshot): "trained" reads
+those, "consolidated" the checkpoint itself. A run with no consolidation since its last RL step has only
+trained weights ("consolidated" then says so and shows them).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from fst_lab.runs import RunView
+from fst_lab.runs import RunView, consolidation_steps
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +46,47 @@ class PolicyCache:
             return self._base[model]
 
     def for_run(self, run: RunView | None, weights: str = "base") -> tuple[Any, str]:
-        """(policy, notice). ``weights``: base | trained. Missing/unloadable weights fall back to base."""
+        """(policy, notice). ``weights``: base | trained | consolidated. Missing/unloadable weights fall back
+        (consolidated -> trained -> base) with a notice that says so."""
         model = (run.config or {}).get("model") if run is not None else None
-        if weights != "trained":
+        if weights not in ("trained", "consolidated"):
             return self.base(model), f"weights: base (`{model or 'smollm2-135m'}`)"
         if run is None:
-            return self.base(model), "⚠️ no run selected: trained weights need a run, using the base weights"
+            return self.base(model), f"⚠️ no run selected: {weights} weights need a run, using the base weights"
         ck = run.latest_checkpoint()
         if ck is None:
             return self.base(model), f"⚠️ run '{run.name}' has no checkpoint yet: using the base weights"
-        key = (str(run.path), ck.name, _mtime(ck))
+        steps = consolidation_steps(ck)
+        where = f"`{run.name}/checkpoints/{ck.name}`"
+        if weights == "consolidated" and not steps:
+            kind, warn = "trained", (f"⚠️ run '{run.name}' has no consolidation steps since its last RL step: "
+                                     "showing its trained weights · ")
+        else:
+            kind, warn = weights, ""
+        # trained weights of a consolidated checkpoint = its teacher snapshot (the weights before consolidating)
+        source = "teacher" if kind == "trained" and steps else "checkpoint"
+        label = {("trained", "checkpoint"): f"weights: trained ({where})",
+                 ("trained", "teacher"): f"weights: trained, before consolidation ({where}/consolidate/teacher)",
+                 ("consolidated", "checkpoint"): f"weights: consolidated ({where}, {steps} consolidation steps)"}
+        notice = warn + label[(kind, source)]
+        key = (str(run.path), ck.name, _mtime(ck), source)
         with self._lock:
             if key in self._trained:
-                return self._trained[key], f"weights: trained (`{run.name}/checkpoints/{ck.name}`)"
+                return self._trained[key], notice
         try:
             pol = self._load_trained(model, ck)
+            if source == "teacher":
+                from fst_lab.consolidate import load_teacher_snapshot
+
+                load_teacher_snapshot(pol.model, ck)
         except Exception as e:  # a broken or foreign checkpoint must not take the arena down
-            log.warning("could not load trained weights from %s: %s", ck, e)
-            return self.base(model), (f"⚠️ could not load trained weights from `{ck.name}` ({e}): "
+            log.warning("could not load %s weights from %s: %s", kind, ck, e)
+            return self.base(model), (f"⚠️ could not load {kind} weights from `{ck.name}` ({e}): "
                                       "using the base weights")
-        with self._lock:
-            self._trained = {k: v for k, v in self._trained.items() if k[0] != key[0]}  # one per run
+        with self._lock:  # one checkpoint per run (both sources of it)
+            self._trained = {k: v for k, v in self._trained.items() if k[0] != key[0] or k[1:3] == key[1:3]}
             self._trained[key] = pol
-        return pol, f"weights: trained (`{run.name}/checkpoints/{ck.name}`)"
+        return pol, notice
 
     def _load_trained(self, model: str | None, ck: Path):
         adapter_cfg, adapter = ck / "adapter_config.json", ck / "adapter_model.safetensors"
