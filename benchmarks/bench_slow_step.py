@@ -391,11 +391,18 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
         lines += ["", f"Whole RL steps, {c['trees']['old']} vs this checkout (precision {c['new_precision']}), "
                   f"processes in order {' '.join(c['order'])}: median {c['median_step_s']['old']:.1f}s → "
                   f"{c['median_step_s']['new']:.1f}s per step, **{c['speedup']:.2f}×**."]
+        if c.get("command"):
+            lines.append(f"Command: `{c['command']}`.")
         for k, runs in c["runs"].items():
             for r in runs:
                 lines.append(f"- {k}: {[round(t, 1) for t in r['step_s']]} s, load before/after "
                              f"{r['loadavg_before'][0] if r['loadavg_before'] else '?'}/"
                              f"{r['loadavg_after'][0] if r['loadavg_after'] else '?'}")
+    b = res.get("compare_before_bf16_storage")
+    if b:
+        lines += ["", f"Before the frozen linears were stored in bf16 ({b.get('note')}; `{b.get('command')}`): "
+                  f"median {b['median_step_s']['old']:.1f}s → {b['median_step_s']['new']:.1f}s per step, "
+                  f"**{b['speedup']:.2f}×**."]
     return "\n".join(lines)
 
 

@@ -33,6 +33,8 @@ BENCHMARKS = {
     "slow_overhead": ("benchmarks/bench_slow_overhead.py", "slow_overhead",
                       "Slow-loop overhead (SlowLearner vs plain TRL)"),
     "slow_step": ("benchmarks.bench_slow_step", "slow_step", "CPU speed: one RL step by phase (issue 19)"),
+    "learning": ("benchmarks.bench_learning", "learning",
+                 "Learning unchanged? The demo's schedule over seeds (fp32 vs bf16; FST vs RL + distillation)"),
     "efficiency": ("benchmarks.bench_efficiency", "efficiency",
                    "Sample efficiency and drift (FST vs RL-only vs GEPA-only)"),
     "continual": ("benchmarks.bench_continual", "continual", "Continual learning (three-stage task switch)"),

@@ -190,10 +190,12 @@ class SlowConfig:
                                              "default: TRL turns it on, which only slows small CPU runs down.")
     precision: str = _f("fp32", "fp32 | bf16. bf16: the trained model runs under bfloat16 autocast (TRL's "
                                 "bf16=True, which works on CPU): training forward/backward, the KL reference "
-                                "forward, RL rollouts, and also the KL probe, evaluations and GEPA rollouts of "
+                                "forward, RL rollouts, and also evaluations and GEPA rollouts of "
                                 "the live policy (the trainer wraps the model's forward), so sampling and training "
-                                "see the same numerics. Master weights, LoRA adapters and optimizer state stay "
-                                "float32. Measured in docs/BENCHMARKS.md (CPU speed).")
+                                "see the same numerics. With LoRA on CPU the frozen linear weights (projections, "
+                                "LM head) are stored in bf16 once, so no forward re-casts them; LoRA adapters, "
+                                "their optimizer state, the embedding and norms stay float32, and the KL probe "
+                                "computes in float32. Measured in docs/BENCHMARKS.md (CPU speed).")
     backend: str = _f("auto", "auto | transformers | unsloth. auto: Unsloth when CUDA, unsloth and an "
                               "Unsloth-loaded policy are all present; transformers + PEFT otherwise.")
     use_vllm: bool = _f(False, "Generate RL rollouts with TRL's colocated vLLM engine (GPU only).")

@@ -173,3 +173,24 @@ def test_powered_analysis_bands_and_reach():
     assert a["speedup_rl_step"]["n"] == 0  # no seed where both reached it: no ratio, rather than a made-up one
     text = bp.markdown({"runs": runs, "analysis": {"default/math": a}, "grid": [r["name"] for r in runs]})
     assert "4 of 4 runs finished" in text and "Missing" not in text
+
+
+@pytest.mark.slow
+def test_learning_smoke_records_each_variant_and_skips_finished(tmp_path):
+    """The learning check at smoke size: one run per (variant, seed) with its final reward, probe KL and the
+    minimal-harness reward; the variants differ only in their overrides; a second call adds nothing."""
+    from benchmarks import bench_learning as bl
+
+    res = bl.main(["--smoke", "--out", str(tmp_path), "--variants", "fp32,bf16", "--seeds", "0"])
+    runs = {r["variant"]: r for r in res["runs"]}
+    assert set(runs) == {"fp32", "bf16"}
+    assert runs["fp32"]["config"]["slow"]["precision"] == "fp32" and runs["bf16"]["config"]["slow"]["precision"] == "bf16"
+    strip = lambda c: {**c, "slow": {k: v for k, v in c["slow"].items() if k != "precision"}, "run_name": None}  # noqa: E731
+    assert strip(runs["fp32"]["config"]) == strip(runs["bf16"]["config"])
+    for r in runs.values():
+        assert r["counters"]["rl_step"] == 1 and r["evals"] and "minimal" in r["minimal"]
+        assert r["final"]["kl"] is not None and r["seconds"] > 0
+    again = bl.main(["--smoke", "--out", str(tmp_path), "--variants", "fp32,bf16", "--seeds", "0"])
+    assert len(again["runs"]) == 2
+    summary = bl.summary(again)
+    assert summary["fp32"]["seeds"] == [0] and "| fp32 | 0 |" in bl.markdown(again)
