@@ -294,8 +294,14 @@ def run(args) -> dict:
     policy = tiny_policy(seed=0) if smoke else load_policy(dtype=args.dtype)
     policy.autocast = args.autocast
     policy.prefix_cache = args.prefix_cache
+    if args.bf16_weights:  # as a precision-bf16 learner samples: linears stored in bf16, under bf16 autocast
+        from fst_lab.backends import store_frozen_linears_bf16
+
+        policy.model.requires_grad_(False)
+        res["bf16_linears"] = store_frozen_linears_bf16(policy.model)
+        policy.autocast = "bf16"
     res["dtype"] = str(next(policy.model.parameters()).dtype)
-    res["autocast"], res["prefix_cache"] = args.autocast, args.prefix_cache
+    res["autocast"], res["prefix_cache"] = policy.autocast, args.prefix_cache
     res["seed"] = 0
     math_task, hover_task = get_task("math", level=1, seed=0), get_task("hover", level=1, seed=0)
     math_h, hover_h = load_named("math"), load_named("hover")
@@ -393,7 +399,8 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     out = [f"Command: `{res['command']}` — model {res['model']} ({res.get('dtype')}), {s['task']}, harness "
            f"{s['harness']}, {s['sampling']}, {s['max_new_tokens']} new tokens, {s['reps']} alternating reps per "
            f"method (median shown), torch threads {s['torch_threads']}, shared-prefix KV cache "
-           f"{'on' if res.get('prefix_cache', False) else 'off'}, autocast {res.get('autocast') or 'none'}. llama.cpp: "
+           f"{'on' if res.get('prefix_cache', False) else 'off'}, autocast {res.get('autocast') or 'none'}"
+           f"{', linears stored in bf16' if res.get('bf16_linears') else ''}. llama.cpp: "
            + (res["llama_cpp"] if isinstance(res["llama_cpp"], str) else
               f"llama-cpp-python {res['llama_cpp']['version']}, {res['llama_cpp']['n_threads']} threads, "
               f"{res['llama_cpp']['weights']}, one stream at a time, fresh KV cache per prompt") + ".", ""]
@@ -479,6 +486,8 @@ def main(argv=None) -> dict:
         p.add_argument("--dtype", default="float32", help="policy dtype (float32 = what fst_lab uses)")
         p.add_argument("--autocast", default=None, choices=[None, "fp32", "bf16"],
                        help="run generation under this autocast (bf16 = SlowConfig.precision bf16's rollouts)")
+        p.add_argument("--bf16-weights", action="store_true",
+                       help="store the linears in bf16 and generate under bf16 autocast (precision bf16's sampler)")
         p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                        help="fst_lab rollouts without the shared-prefix KV cache (as before issue 19)")
         p.add_argument("--no-extras", dest="extras", action="store_false",
