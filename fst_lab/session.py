@@ -84,6 +84,10 @@ class Session:
         if not _resume and self.rundir.exists():
             raise SessionError(f"{self.run_dir} already holds a run; use Session.resume('{self.run_dir}') "
                                "or choose another run_name")
+        if policy is None and not _resume:
+            from fst_lab.models import check_model
+
+            check_model(config.model)  # a model that can't be found: ModelNotFoundError, no run directory
         self.population: list[Harness] = [self.seed_harness]
         self.population_scores: dict[str, float] = {}  # id -> score; no entry: not evaluated (e.g. a hand edit)
         self.harnesses: dict[str, Harness] = {self.seed_harness.id: self.seed_harness}  # every harness ever

@@ -44,6 +44,14 @@ def test_two_cycles_in_each_mode(tmp_path, mode):
     assert (s.run_dir / "harnesses" / "current").is_dir()
 
 
+def test_a_missing_model_is_refused_before_the_run_directory_exists(tmp_path):
+    from fst_lab.models import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="no/such/model"):
+        Session(tiny_config(tmp_path / "runs", model=str(tmp_path / "no/such/model")), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_mode_guards(tmp_path):
     s = Session(tiny_config(tmp_path, mode="rl"), policy=tiny_policy(), progress=False)
     with pytest.raises(SessionError, match="rl"):
