@@ -169,6 +169,29 @@ def rl_distill(label: str, task, seed, population, trained, *, student: str, ste
 TITLE = "Consolidation (the evolved harness distilled into the weights)"
 
 
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Per task: mean ± sd (over rows) of the share kept, the evolved harness before/after, the held-out KL
+    before/after and the prompt tokens saved per query."""
+    def ms(xs):
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            return "–"
+        return f"{fmt(statistics.fmean(xs))} ± {fmt(statistics.stdev(xs))}" if len(xs) > 1 else fmt(xs[0])
+
+    out = []
+    for task in dict.fromkeys(r.get("task") or "math" for r in rows):
+        rs = [r for r in rows if (r.get("task") or "math") == task]
+        out.append({"task": task, "runs": len(rs), "FST runs": len({r.get("fst_run", r["run"].split(" ")[0]) for r in rs}),
+                    "share kept": ms([r["share_kept"] for r in rs]),
+                    "base+min → cons+min": f"{ms([r['reward']['base+minimal'] for r in rs])} → "
+                                           f"{ms([r['reward']['consolidated+minimal'] for r in rs])}",
+                    "evolved before → after": f"{ms([r['evolved_before'] for r in rs])} → {ms([r['evolved_after'] for r in rs])}",
+                    "held-out KL before → after": f"{ms([r['heldout_kl_before'] for r in rs])} → "
+                                                  f"{ms([r['heldout_kl_after'] for r in rs])}",
+                    "tokens saved/query": ms([r["tokens_saved_per_query"] for r in rs])})
+    return out
+
+
 def markdown(res: dict, plots_rel: str | None = None) -> str:
     """The doc section's body (``benchmarks.run_all`` adds the title): per-run 3x3 tables, prompt tokens,
     share kept, before/after, RL + distillation vs plain RL."""
@@ -185,6 +208,9 @@ def markdown(res: dict, plots_rel: str | None = None) -> str:
                         "KL before": r["heldout_kl_before"], "KL after": r["heldout_kl_after"],
                         "tokens saved/query": r["tokens_saved_per_query"], "load": (r.get("load_end") or ["?"])[0]})
     lines += [table(summary) if summary else "(no consolidation runs)", ""]
+    agg = aggregate(rows)
+    if agg:
+        lines += ["Per task, mean ± sd over runs (FST seed × consolidation seed):", "", table(agg), ""]
     for rd in res.get("rl_distill", []):
         rows_rd = [{"arm": k, **{kk: v[kk] for kk in ("reward_minimal", "reward_evolved", "rollouts")},
                     "load": (v.get("load") or ["?"])[0]} for k, v in rd["arms"].items()]

@@ -132,7 +132,8 @@ def markdown(res: dict, plots_rel: str | None = None) -> str:
             "wall s": f"{r['seconds']:.0f}" if r.get("seconds") else "(adopted)",
             "load": r.get("loadavg")[-1] if r.get("loadavg") else "–"} for r in res["runs"]]
     cols = list(rows[0])
-    return "\n".join([f"Command: `{res['command']}`", "", table(rows, cols), "",
+    cmds = res.get("commands") or [res["command"]]
+    return "\n".join(["Commands: " + "; ".join(f"`{c}`" for c in cmds), "", table(rows, cols), "",
                       table(per, list(per[0])), ""])
 
 

@@ -315,69 +315,44 @@ policy on math (harness + weights) but not a more *sample-efficient* one, and it
   re-run). `slow.micro_batch_size` trades time for memory.
 """,
     "slow_step": """
-Numbers from `benchmarks/results/slow_step.json` and
-`benchmarks/results/rollout_prefix_cache.json`. **The machine was shared with six other agents' jobs
-during every measurement (load average 6–10 on 2 cores)**: absolute seconds are 3–10× what an idle
-machine gives and the matmul "peak" is a loaded peak; the fp32-vs-bf16 and cached-vs-uncached figures
-are paired (alternating in one process), so their ratios are the usable part.
+Numbers from `benchmarks/results/slow_step.json` (2026-12-01, session 6). The table above is one process
+per precision at **1 torch thread**, with a single-thread benchmark run on the other core (load ≈ 2);
+hooks time every phase, so its steps are ~20% slower than un-hooked ones.
 
 **Reading.**
-- Under `precision: bf16` (TRL's own `bf16=True`, which works with `use_cpu=True`: accelerate runs
-  the model's forward under bfloat16 autocast; the model, LoRA adapters and AdamW state stay float32)
-  the training forward, the reference forward and prefill run 3–4× faster and backward 1.9×; the
-  step went 111 s → 70 s (1.6×) in the same process, alternating.
-- Decode does not get faster: at batch 8 it is bound by reading the weights, and autocast re-casts
-  the float32 weights to bf16 on every decode step (more bytes, not fewer). Storing the frozen base
-  weights in bf16 gave identical ids but no measurable gain under this load (tried, not kept).
-- The KL probe was 10–11 s of the step (one forward per example); it now runs as one left-padded batch
-  per probe (`fst_lab/klprobe.py`, commit e32640b; same values, checked by a unit test). The table
-  above was taken before that change.
-- Sampling and training numerics: accelerate wraps the trained model's forward, so with bf16 the
-  sampler and the trainer both run bf16 (the crossed rows of the bf16 learner are identical for that
-  reason). Measured as the importance ratio pi_train/pi_sample on the sampled tokens, recomputing the
-  sampler's path (KV cache, token by token) and the trainer's (one forward): fp32 mean |ratio − 1| =
-  2e-6; bf16 2.4e-2 (max |log ratio| 0.22) — bf16 rounding differs between the two computation
-  shapes. TRL's loss uses ratio 1 by construction here (one update per generation, no sampler
-  logprobs), so this is an off-policy bias of ~2% per token, not a clipped ratio.
-- The KL probe runs in float32 even under bf16 (it calls the model's forward from under the autocast
-  wrapper): in bf16 its value after one demo step was 0.0013 vs 0.0002 in fp32 — a rounding floor, not
-  drift (commit 47d6573, test `test_kl_probe_is_float32_under_bf16`).
+- *Why bf16 autocast alone did not help.* On an idle machine (2 threads) the previous bf16 mode — TRL's
+  `bf16=True`, i.e. bfloat16 autocast over float32 weights — was **0.94×** the old main per RL step (median
+  24.9 s old vs 26.6 s new, ABBA, last line above). Autocast caches the bf16 copy only of weights that
+  require grad, so every forward re-cast each frozen projection and the LM head: a decode step read the
+  float32 weights, wrote bf16 copies and read those (≈ 2× the bytes of float32), and CPU decoding at batch 8
+  is bound by exactly those bytes (profile: `aten::mm` 56% of decode at ~6 GB/s, `cat` of the growing KV
+  cache 11%, the sampler's `exponential_` 10%).
+- *What changed.* With `precision: bf16` and LoRA on CPU the frozen `nn.Linear` weights (q/k/v/o, MLP, LM
+  head) are now stored in bf16 once (`fst_lab.backends.store_frozen_linears_bf16`); LoRA adapters, their
+  AdamW state, the embedding (so the residual stream stays float32 under autocast) and the norms stay
+  float32; the KL probe reads the stored linears as float32 copies (`float32_linears`), so it measures
+  drift, not rounding (test `test_kl_probe_is_float32_under_bf16`). Decode at batch 8: 12.5 s → 9.0 s;
+  reference forward 6.7 → 3.1 s; training forward 6.9 → 5.4 s; backward unchanged (9.3 vs 9.5 s);
+  prefill unchanged. The KL probe costs 0.7 s more (the float32 copy).
+- *Whole steps vs the old main* (b28a772, `git worktree`, separate processes, 1 thread each, load 2):
+  **44.6 s → 28.3 s, 1.58×** — short of the issue's ≥ 2×. What is left: backward (9.5 s, no faster in
+  bf16: 37 GFLOP/s against a bf16 matmul peak of ~950 at 1 thread, so it is not the matmuls), decode (9 s,
+  weight bytes + per-token overhead), the training forward (5.4 s at 66 GFLOP/s) and the KL probe (3.6 s).
+- *Numerics.* Importance ratio π_train/π_sample on the sampled tokens (sampler path: KV cache, token by
+  token; trainer path: one forward): fp32 mean |ρ − 1| = 3e-6; bf16 2.5e-2 (max |log ρ| 0.22) — bf16
+  rounding differs between the two computation shapes; TRL's loss takes ρ = 1 by construction here (one
+  update per generation), so this is a ~2.5% per-token off-policy bias, not a clipped ratio.
+- *Learning* (next section, 3 seeds × the demo's schedule): bf16 final val 0.688 ± 0.225 vs fp32 0.625 ±
+  0.225, probe KL 0.0012 ± 0.0007 vs 0.0012 ± 0.0012 — within the seeds' spread. **Default stays `fp32`
+  for now**: the suite and the documented demo figures run fp32, and bf16 does not yet reach the issue's
+  2×; `slow: {precision: bf16}` is the faster choice on CPUs with AVX512-BF16/AMX.
 
-Whole RL steps against the old main (b28a772, a `git worktree`), in separate processes,
-`python -m benchmarks.bench_slow_step --threads 1 --no-breakdown --compare-tree /tmp/h5/old --pairs 2
---ab-steps 2 --new-precision bf16` (KL probe on, as in the demo; each process: 1 warm-up step, then 2 timed; order old new new old):
-
-| process | steps (s) | load before/after |
-|---|---|---|
-| old (fp32) | 295.6, 248.5 | 6.55 / 7.25 |
-| new (bf16) | 105.0, 48.2 | 7.25 / 4.55 |
-| new (bf16) | 74.3, 65.6 | 4.55 / 4.14 |
-| old (fp32) | 40.2, 39.5 | 4.14 / 3.78 |
-
-The medians say 144 s → 70 s (2.06×), but the two old runs differ 7× with the load, so this run does
-not establish the ≥ 2× target; the same-process fp32/bf16 pairing above (1.6×) is the reliable figure.
-A second ABBA at 2 threads, started when the load had dropped to ~2, was stopped after its first
-(old) process had not finished its warm-up and two steps in 12 minutes (load back at 3 — 2-thread
-processes on oversubscribed cores stall); no figure from it.
-
-Shared-prefix KV cache for rollouts (`Policy.generate_text`, on by default): each harness's prefix
-(system prompt + few-shot) is encoded once per generate call into a transformers `DynamicCache`,
-whose rows are selected per prompt (`batch_select_indices`); greedy ids identical to the uncached path
-(tests `test_prefix_cache_gives_the_uncached_greedy_completions` on the tiny and the embedded model).
-`python -m benchmarks.bench_rollout --threads 1 --batch-sizes 8 --reps 2 --no-experiments --no-extras`:
-batch 8, 64 new tokens, fst_lab (cached) / plain `generate` (uncached) = **1.34×** paired median
-(range 1.10–1.57), same token ids, load 8.2 (3.0 vs 2.7 tok/s absolute at that load, 1 thread).
-llama.cpp is not installed in this venv, so the issue's "≥ 2× llama.cpp" was not measured in the same
-run: the section above has fst_lab/plain 1.05 and fst_lab/llama.cpp 1.53 (idle); with the cache's 1.34×
-over plain the projection is ≈ 1.95× llama.cpp — a projection across runs, not a measurement.
-
-Learning with bf16 (demo schedule, seed 0 only, `/tmp` script mirroring `fst-lab demo` with
-`slow.precision` set; 1 thread per run, both runs side by side): fp32 val 0.375 → **0.5625**, probe
-KL 0.0025 (the demo's known figure, so the refactor and the prefix cache left it unchanged); bf16
-val 0.375 → **0.4375**, KL 0.0011 (measured before the probe went float32, so partly rounding).
-One seed on 16 validation examples cannot separate these (±0.12 standard error); the 3-seed check
-was not run. **Default stays `precision: fp32`**: bf16 is 1.6× per step here but changes the demo's
-figures and adds a ~2% per-token sampler/trainer mismatch; turn it on with `slow: {precision: bf16}`.
+Shared-prefix KV cache for rollouts (`Policy.generate_text`, on by default): each harness's prefix is
+encoded once per generate call into a transformers `DynamicCache` whose rows are selected per prompt;
+greedy ids identical to the uncached path (tests `test_prefix_cache_gives_the_uncached_greedy_completions`).
+Measured 1.34× over plain `generate` at batch 8 (earlier session, load 8). llama.cpp is not installed in
+this venv, so batch-8 vs llama.cpp was not re-measured with bf16 storage (`python -m benchmarks.bench_rollout
+--bf16-weights --batch-sizes 1,8` after the build command at the top of this doc does it).
 """,
     "slow_overhead": """
 **Reading.** A SlowLearner step costs 0.93× a plain TRL `GRPOTrainer` step (geometric mean of 3
@@ -385,21 +360,36 @@ alternating pairs; the spread 0.81–1.08 is the shared machine, load 15–18). 
 one real extra and is measured separately (12.5 s for 8 examples); it runs every step by default
 (`kl_probe_size`), and setting it to 0 turns it off.
 """,
+    "learning": """
+**Reading.** Nine demo runs (math level 1; 2 cycles of a GEPA round + 2 RL steps; 16 validation problems,
+greedy), one thread each, two or three runs side by side (load 2–3, per run above; wall seconds are not
+comparable across variants for that reason). *fp32 vs bf16*: final validation reward 0.625 ± 0.225 vs
+0.688 ± 0.225 and probe KL 0.0012 ± 0.0012 vs 0.0012 ± 0.0007 — the difference is far inside the
+seed-to-seed spread (one validation problem = 0.0625; the nine runs span 0.44–0.94). *RL + distillation*
+(`consolidate.rl_coef: 0.1`, student harness `short`) vs plain FST at equal samples: 0.646 ± 0.219 vs
+0.625 ± 0.225 with the evolved harness, KL 0.0020 vs 0.0012; and the number distillation is meant to move,
+the trained weights under the minimal harness, is **0 in all six runs** — four RL steps at rate 1e-4 do not
+teach the answer format, where 8 dedicated consolidation steps at 3e-4 do (consolidation section).
+""",
     "consolidate": """
-**Reading.** One FST run (the demo's: math level 1, one GEPA round + two RL steps per cycle, two cycles),
-consolidated twice (consolidation seeds 0 and 1; 8 steps, 64 student rollouts each, student harness `short`,
-LoRA rank 16, rate 3e-4), 16 validation problems, greedy. The minimal harness scores 0 with the base and the
-trained weights (without the few-shot demo the 135M model misses the answer format); after consolidation it
-scores 0.500 / 0.375, i.e. **0.89 / 0.67 of the evolved harness's gain (0.562) is kept without the harness**,
-saving 142 prompt tokens per query (196 -> 54). The held-out per-token KL of the student to the teacher falls
-0.30 -> 0.13 in both. The evolved harness does not lose: 0.562 -> 0.688 / 0.625 (one and two problems of 16),
-and the seed harness gains too (0.438 -> 0.562). Much of what is distilled at this scale is the answer
-format the few-shot demo teaches. RL + distillation (lambda = 0.1, 4 RL steps = 32 rollouts per arm from the
-trained weights on the run's population) moved nothing measurable against plain RL at equal samples (minimal
-0 vs 0; evolved 0.562 vs 0.625, one problem): the distillation KL on the RL rollouts went 0.52 -> 0.38 but 4
-steps at the RL rate 1e-4 are too few to change greedy answers. **Missing**: the issue's >= 3 FST seeds, a
-task with tools (hover), and RL + distillation against plain FST over whole runs; each FST run costs ~27
-minutes here under load 6-9 (2 cores shared by 7 agents), so one FST seed is what fitted.
+**Reading.** Three FST runs of the demo's schedule (math level 1; seeds 0, 1, 2 — seed 0 is `fst-lab demo`'s
+run, consolidated twice with consolidation seeds 0 and 1; seeds 1 and 2 come from `bench_learning`'s fp32
+runs), each consolidated for 8 steps (64 student rollouts, student harness `short`, fresh LoRA r=16 on the
+merged trained weights, rate 3e-4, frozen teacher snapshot), 16 validation problems, greedy. The minimal
+harness scores 0 with the base and with the trained weights in every run (without the few-shot demo the
+135M model misses the answer format); after consolidation it scores 0.31–0.50 (mean 0.42 ± 0.09), i.e.
+**0.81 ± 0.41 of the evolved harness's gain is kept without the harness** (per run 0.89, 0.67, 0.36, 1.33 —
+the last above 1 because that run's evolved harness gained only 0.375 over minimal while consolidation
+reached 0.5), saving 138 ± 5 prompt tokens per query. The held-out per-token KL of the student to the
+teacher falls 0.32 → 0.15. The evolved harness does not drop beyond noise: 0.61 ± 0.19 before, 0.69 ± 0.09
+after (per run +0.125, +0.0625, −0.0625, +0.19). Much of what is distilled at this scale is the answer
+format that the few-shot demo teaches. RL + distillation over whole runs is in the learning section (no
+effect on the minimal harness at λ = 0.1 in 4 RL steps); the earlier 4-step comparison from trained
+weights (table above) agrees.
+**Missing**: the task with tools. A HoVer FST run of the demo's schedule takes ~185 s per RL step here
+(multi-turn with tool observations; ~22 min per run at 1 thread) and peaks at ~14.5 GB: the first attempt
+was OOM-killed next to two other runs; `python -m benchmarks.bench_consolidate --make-runs 0,1,2 --task
+hover` is the command (about 50 min per seed including the 3×3 grid).
 """,
     "powered": """
 **Status (2026-12-01): the runner is built and tested at smoke size; the grid itself has not run.** The
