@@ -386,10 +386,16 @@ after (per run +0.125, +0.0625, −0.0625, +0.19). Much of what is distilled at 
 format that the few-shot demo teaches. RL + distillation over whole runs is in the learning section (no
 effect on the minimal harness at λ = 0.1 in 4 RL steps); the earlier 4-step comparison from trained
 weights (table above) agrees.
-**Missing**: the task with tools. A HoVer FST run of the demo's schedule takes ~185 s per RL step here
-(multi-turn with tool observations; ~22 min per run at 1 thread) and peaks at ~14.5 GB: the first attempt
-was OOM-killed next to two other runs; `python -m benchmarks.bench_consolidate --make-runs 0,1,2 --task
-hover` is the command (about 50 min per seed including the 3×3 grid).
+**HoVer (tools), one FST seed** (seed 0, the demo's schedule; the first attempt was OOM-killed at 14.5 GB next
+to two other runs and resumed from its run directory): the evolved harness did *not* beat the seed harness
+here (base weights: seed 0.625, evolved 0.500, minimal `short` 0), and consolidation kept **none** of the
+gain: consolidated+minimal 0 (the held-out KL fell only 0.43 → 0.34 in 8 steps, against 0.32 → 0.15 on
+math); the evolved and seed harnesses were unchanged by it (0.5 → 0.5, 0.5625 → 0.625). The `short` student
+keeps the tool specs but loses the two few-shot conversations that show the search-then-answer pattern
+(243 prompt tokens per query); 64 student rollouts were not enough to learn it. One seed: no conclusion
+beyond "this does not come for free on a multi-turn tool task". ~185 s per HoVer RL step and ~460 s per
+consolidation at 1 thread. **Missing**: HoVer seeds 1 and 2 (`python -m benchmarks.bench_consolidate
+--make-runs 1,2 --task hover`, ~50 min each; run alone, memory).
 """,
     "powered": """
 **Status (2026-12-01): the runner is built and tested at smoke size; the grid itself has not run.** The
