@@ -335,7 +335,9 @@ hooks time every phase, so its steps are ~20% slower than un-hooked ones.
   reference forward 6.7 → 3.1 s; training forward 6.9 → 5.4 s; backward unchanged (9.3 vs 9.5 s);
   prefill unchanged. The KL probe costs 0.7 s more (the float32 copy).
 - *Whole steps vs the old main* (b28a772, `git worktree`, separate processes, 1 thread each, load 2):
-  **44.6 s → 28.3 s, 1.58×** — short of the issue's ≥ 2×. What is left: backward (9.5 s, no faster in
+  **44.6 s → 28.3 s, 1.58×** — short of the issue's ≥ 2×. At 2 threads on an otherwise idle machine (same
+  command with `--threads 2`, `compare_idle_2_threads` in the JSON): 26.8 s → 21.8 s, **1.23×** (the old
+  main scales better with the second thread than the bf16 path does). What is left: backward (9.5 s, no faster in
   bf16: 37 GFLOP/s against a bf16 matmul peak of ~950 at 1 thread, so it is not the matmuls), decode (9 s,
   weight bytes + per-token overhead), the training forward (5.4 s at 66 GFLOP/s) and the KL probe (3.6 s).
 - *Numerics.* Importance ratio π_train/π_sample on the sampled tokens (sampler path: KV cache, token by
@@ -350,9 +352,15 @@ hooks time every phase, so its steps are ~20% slower than un-hooked ones.
 Shared-prefix KV cache for rollouts (`Policy.generate_text`, on by default): each harness's prefix is
 encoded once per generate call into a transformers `DynamicCache` whose rows are selected per prompt;
 greedy ids identical to the uncached path (tests `test_prefix_cache_gives_the_uncached_greedy_completions`).
-Measured 1.34× over plain `generate` at batch 8 (earlier session, load 8). llama.cpp is not installed in
-this venv, so batch-8 vs llama.cpp was not re-measured with bf16 storage (`python -m benchmarks.bench_rollout
---bf16-weights --batch-sizes 1,8` after the build command at the top of this doc does it).
+Measured 1.34× over plain `generate` at batch 8 (earlier session, load 8; fp32).
+
+Rollouts as a `precision: bf16` learner samples them (linears stored in bf16, bf16 autocast) against llama.cpp
+single-stream on the same prompts (llama-cpp-python 0.3.36 built with the command at the top of this doc, Q4_1
+GGUF, 2 threads; idle machine, load 1.5–1.9; `python -m benchmarks.bench_rollout --threads 2 --bf16-weights
+--batch-sizes 1,8 --reps 2 --no-extras --no-experiments`, `benchmarks/results/rollout_bf16.json`): batch 8
+**44.7 tok/s vs llama.cpp 18.8 = 2.57×** (issue 19's ≥ 2× ✅); batch 1 10.5 vs 16.2 (0.68×). Under bf16 the
+prefix-cached and the plain path give identical greedy ids at batch 1 but not at batch 8 (bf16 rounding
+depends on the batch shape); the identity guarantee and its test are for fp32.
 """,
     "slow_overhead": """
 **Reading.** A SlowLearner step costs 0.93× a plain TRL `GRPOTrainer` step (geometric mean of 3
