@@ -57,14 +57,14 @@ def probe_kl(model, base, tokenizer, harness: "Harness | None", examples: Sequen
 
     def response_logprobs(m):  # [rows, n, vocab]: log-softmax at the n positions before the last
         forward = getattr(m, "_original_forward", m)  # accelerate keeps the unwrapped forward here
-        with torch.autocast(device.type, enabled=False), float32_linears(model):
+        with torch.autocast(device.type, enabled=False):
             logits = forward(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=n + 1).logits
         return torch.log_softmax(logits[:, :-1].float(), -1)
 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), float32_linears(model):  # one float32 copy for both passes
             logp = response_logprobs(model)
             missing = [i for i, (_, _, key) in enumerate(rows) if key not in cache]
             if missing:  # the start weights never change: their log-probs are computed once per sequence
