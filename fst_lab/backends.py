@@ -103,6 +103,37 @@ def store_frozen_linears_bf16(model) -> int:
     return n
 
 
+def score_completions_only_on_cpu() -> bool:
+    """Make TRL's fused LM head score only the completion positions on CPU, as it does on CUDA; True if applied.
+
+    TRL computes the training and reference log-probs through a fused LM head (``add_fused_lm_head``: the
+    projection to the vocabulary and the log-softmax in tiles). On devices without Triton it scores *every*
+    position, prompt included, so the tile shapes stay fixed for graph compilers (Neuron); the prompt positions
+    are masked out afterwards. On CPU nothing is compiled, and the prompt is most of each sequence (demo: ~1,260
+    of ~1,500 positions), so the LM head's matmuls and its memory-bound log-softmax passes over ``[positions,
+    49,152]`` tiles ran ~6x the positions the loss needs: a third of the CPU RL step. The completion positions
+    get the same values either way (the tiles are row-independent). TRL decides this with one helper,
+    ``trl.trainer.utils._use_triton`` (it also picks the fold kernel, but in ``trl.kernels``' own namespace,
+    which stays as is); this rebinds that name in ``trl.trainer.utils`` to also answer yes for CPU.
+    """
+    try:
+        import trl.trainer.utils as tu
+    except ImportError:  # pragma: no cover - TRL is a dependency
+        return False
+    use_triton = getattr(tu, "_use_triton", None)
+    if use_triton is None:  # another TRL: nothing to do (its fused head, if any, decides for itself)
+        return False
+    if getattr(use_triton, "fst_compact_cpu", False):
+        return True
+
+    def compact_here(device, _use_triton=use_triton) -> bool:
+        return device.type == "cpu" or _use_triton(device)
+
+    compact_here.fst_compact_cpu = True
+    tu._use_triton = compact_here
+    return True
+
+
 class float32_linears:
     """Context: the bf16-stored linears of :func:`store_frozen_linears_bf16` computed from float32 copies of their
     weights (exactly the stored values, upcast), restored afterwards. For measurements that must not carry bf16

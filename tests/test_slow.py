@@ -493,3 +493,43 @@ def test_kl_probe_is_float32_under_bf16(tiny_policy, pop, tmp_path):
                          output_dir=tmp_path / "f") as f:
             f.load_adapter(tmp_path / "adapter")
             assert kl_b > 0 and kl_b == pytest.approx(f.kl_probe(), rel=1e-4)
+
+
+def test_trl_fused_head_scores_only_completion_positions_on_cpu_same_values(monkeypatch):
+    """TRL's fused LM head scores every position (prompt included) on devices without Triton; the learner makes
+    it score only the completion positions on CPU. Same log-probs, entropies and gradients; the LM head's
+    matmuls shrink to the completion rows (counted exactly with torch's FLOP counter)."""
+    import trl.kernels.chunked_logprob as ck
+    import trl.trainer.utils as tu
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fst_lab import backends
+    from fst_lab.models import tiny_policy as make_tiny
+
+    model = make_tiny(hidden_size=32).model
+    tu.add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 40))
+    labels = ids.masked_fill(torch.arange(40) < 32, -100)  # prompt: 32 positions, completion: 8 per row
+
+    def run():
+        model.zero_grad()
+        with FlopCounterMode(display=False) as fc:
+            out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+            (out.log_probs.sum() + out.entropy.sum()).backward()
+        grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+        return out.log_probs.detach(), out.entropy.detach(), grad, fc.get_total_flops()
+
+    monkeypatch.setattr(tu, "_use_triton", ck._use_triton)  # TRL's own rule (a learner may have applied ours)
+    lp_all, ent_all, g_all, flops_all = run()
+    assert backends.score_completions_only_on_cpu() and tu._use_triton(torch.device("cpu"))
+    lp, ent, g, flops = run()
+    valid = labels[:, 1:] != -100
+    torch.testing.assert_close(lp[valid], lp_all[valid])
+    torch.testing.assert_close(ent[valid], ent_all[valid])
+    assert not lp[~valid].any() and not lp_all[~valid].any()
+    torch.testing.assert_close(g, g_all)
+    # Every LM-head matmul the counter sees (2*H*V per row scored: the forward and the backward's recompute at
+    # least) skips the prompt rows; nothing else changes.
+    per_row = 2 * model.config.hidden_size * model.config.vocab_size * (2 * 39 - int(valid.sum()))
+    assert flops_all - flops >= 2 * per_row and (flops_all - flops) % per_row == 0
