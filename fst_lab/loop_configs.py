@@ -188,7 +188,10 @@ class SlowConfig:
                                         "Modules that get LoRA adapters (ours: attention projections).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward (saves memory, costs time). Off by "
                                              "default: TRL turns it on, which only slows small CPU runs down.")
-    precision: str = _f("fp32", "fp32 | bf16. bf16: the trained model runs under bfloat16 autocast (TRL's "
+    precision: str = _f("auto", "auto | fp32 | bf16. auto: bf16 for LoRA on a CPU with bf16 instructions "
+                                "(avx512_bf16 / AMX) and a model of hidden size >= 512 (the embedded model), fp32 "
+                                "otherwise (tiny test models: bf16 kernels cost more than they save). "
+                                "bf16: the trained model runs under bfloat16 autocast (TRL's "
                                 "bf16=True, which works on CPU): training forward/backward, the KL reference "
                                 "forward, RL rollouts, and also evaluations and GEPA rollouts of "
                                 "the live policy (the trainer wraps the model's forward), so sampling and training "
@@ -232,8 +235,8 @@ class SlowConfig:
             raise ValueError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.max_grad_norm is None:
             self.max_grad_norm = 0.0
         if self.loss_type != "cispo" and self.epsilon_high > 1.0:

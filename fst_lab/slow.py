@@ -48,6 +48,7 @@ of the groups (a group never straddles processes), TRL gathers rewards, DDP aver
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import logging
@@ -133,6 +134,9 @@ class SlowLearner:
         self.tokenizer = policy.tokenizer
         self._source_policy = policy
         self.backend = backends.resolve_backend(config, policy)
+        if config.precision == "auto":  # decided once, here: the learner's config says what it runs
+            precision = backends.resolve_precision(config, self.backend, backends.hidden_size(policy.model))
+            self.config = config = dataclasses.replace(config, precision=precision)
 
         # World size as torchrun / accelerate / mpirun export it (TrainingArguments builds the process group
         # below; it is checked against this).
@@ -167,7 +171,7 @@ class SlowLearner:
         self.trainer = self._make_trainer(model, peft_config, micro, per_device // micro)
         if self.backend == "transformers" and not cuda_available():
             backends.score_completions_only_on_cpu()  # TRL scores the prompt positions too on CPU
-        if config.precision == "bf16" and config.lora and self.backend == "transformers" and not cuda_available():
+        if self.precision == "bf16" and config.lora and self.backend == "transformers" and not cuda_available():
             backends.store_frozen_linears_bf16(self.trainer.model)  # autocast re-casting them costs more than fp32
         self.trainer.extra_loss = extra_loss
         self.trainer.extra_loss_values = []

@@ -29,6 +29,32 @@ def test_auto_keeps_transformers_for_a_transformers_loaded_policy(monkeypatch, t
         backends.resolve_backend(SlowConfig(backend="unsloth"), tiny_policy)
 
 
+def test_precision_auto_is_bf16_only_for_lora_on_a_bf16_cpu_and_a_large_enough_model(monkeypatch):
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
+    auto = SlowConfig()
+    assert auto.precision == "auto"
+    assert backends.resolve_precision(auto, "transformers", 576) == "bf16"  # the embedded SmolLM2-135M
+    assert backends.resolve_precision(auto, "transformers", 32) == "fp32"  # test-size models
+    assert backends.resolve_precision(auto, "transformers", None) == "fp32"
+    assert backends.resolve_precision(SlowConfig(lora=False), "transformers", 576) == "fp32"  # full fine-tuning
+    assert backends.resolve_precision(SlowConfig(precision="fp32"), "transformers", 576) == "fp32"
+    assert backends.resolve_precision(SlowConfig(precision="bf16"), "transformers", 32) == "bf16"
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)  # no avx512_bf16 / AMX
+    assert backends.resolve_precision(auto, "transformers", 576) == "fp32"
+    with pytest.raises(ValueError, match="auto, fp32 or bf16"):
+        SlowConfig(precision="fp16")
+
+
+def test_cpu_has_bf16_reads_this_machines_flags():
+    flags = set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    assert backends.cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def test_prepare_model_lora_full_and_existing_adapter(tiny_policy):
     from peft import LoraConfig, PeftModel, get_peft_model
 

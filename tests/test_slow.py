@@ -114,6 +114,7 @@ def test_cpu_backend_never_imports_unsloth():
 
 # ------------------------------------------------------------------ stepping
 def test_steps_train_condition_per_rollout_and_swap_population(learner, harness_dir):
+    assert learner.config.precision == "fp32" and not learner.trainer.args.bf16  # auto: a test-size model
     task = learner.task
     before = _lora(learner)
 
