@@ -171,7 +171,7 @@ class SlowLearner:
         self.trainer = self._make_trainer(model, peft_config, micro, per_device // micro)
         if self.backend == "transformers" and not cuda_available():
             backends.score_completions_only_on_cpu()  # TRL scores the prompt positions too on CPU
-        if self.precision == "bf16" and config.lora and self.backend == "transformers" and not cuda_available():
+        if config.precision == "bf16" and config.lora and self.backend == "transformers" and not cuda_available():
             backends.store_frozen_linears_bf16(self.trainer.model)  # autocast re-casting them costs more than fp32
         self.trainer.extra_loss = extra_loss
         self.trainer.extra_loss_values = []
