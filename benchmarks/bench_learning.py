@@ -8,8 +8,10 @@
 Every run is ``fst-lab demo``'s configuration (:func:`fst_lab.config.demo_config`: 2 cycles of a GEPA
 round then 2 RL steps, 64 samples in all) with one seed and one variant's overrides:
 
-- ``fp32``: the demo as it ships (``slow.precision: fp32``); plain FST for the RL + distillation comparison;
-- ``bf16``: ``slow.precision: bf16`` (bf16 autocast for rollouts, training and the reference forward);
+- ``fp32``: ``slow.precision: fp32`` (the demo's default before ``auto``); plain FST for the RL + distillation
+  comparison;
+- ``bf16``: ``slow.precision: bf16`` (what ``auto``, the default, picks for the embedded model on a CPU with
+  bf16 instructions: linears stored in bf16, bf16 autocast for rollouts, training and the reference forward);
 - ``rl_distill``: ``consolidate.rl_coef: 0.1`` (each RL step also pulls the minimal-harness policy toward the
   harness-conditioned one), at the same samples as ``fp32``.
 

@@ -413,7 +413,7 @@ def main(argv=None) -> dict:
         p.add_argument("--compare-tree", default=None, help="another checkout (e.g. git worktree of the old main)")
         p.add_argument("--pairs", type=int, default=2, help="ABBA: old/new process pairs")
         p.add_argument("--ab-steps", type=int, default=2, help="measured steps per process (after 1 warm-up)")
-        p.add_argument("--new-precision", default="bf16", help="precision of this checkout in the comparison")
+        p.add_argument("--new-precision", default="auto", help="precision of this checkout in the comparison (auto: the default)")
 
     args = parse_args(__doc__.splitlines()[0], argv, extra)
     res = new_result(NAME, MODULE, argv, smoke=args.smoke)
