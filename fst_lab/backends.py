@@ -170,6 +170,36 @@ def score_completions_only_on_cpu() -> bool:
     return True
 
 
+def rotary_in_autocast_dtype(model) -> int:
+    """Under autocast, make the model's rotary embeddings return cos/sin in the autocast dtype; returns how many
+    rotary modules were hooked.
+
+    Why: with the embedding kept float32 (see :func:`store_frozen_linears_bf16`) the rotary module returns float32
+    cos/sin, so the rotated keys are float32; transformers' ``DynamicCache`` then stores keys *and* values in
+    float32 (the empty cache layer takes the keys' dtype and ``cat`` promotes the bf16 values to it), and at every
+    decoding step autocast casts the whole cache back to bf16 for attention. With bf16 cos/sin the cache stays
+    bf16: half the bytes copied per step and no per-step cast. Attention sees the same bf16 keys and values as
+    before, up to where the rotation is rounded. Outside autocast (the KL probe, merged copies) nothing changes.
+    """
+    import torch
+
+    def to_autocast_dtype(module, args, out):
+        if isinstance(out, tuple) and out and torch.is_tensor(out[0]):
+            dev = out[0].device.type
+            if torch.is_autocast_enabled(dev):
+                dt = torch.get_autocast_dtype(dev)
+                return tuple(t.to(dt) if torch.is_tensor(t) and t.is_floating_point() else t for t in out)
+        return None
+
+    n = 0
+    for mod in model.modules():
+        if type(mod).__name__.endswith("RotaryEmbedding") and not getattr(mod, "_fst_autocast_rotary", False):
+            mod.register_forward_hook(to_autocast_dtype)
+            mod._fst_autocast_rotary = True
+            n += 1
+    return n
+
+
 class float32_linears:
     """Context: the bf16-stored linears of :func:`store_frozen_linears_bf16` computed from float32 copies of their
     weights (exactly the stored values, upcast), restored afterwards. For measurements that must not carry bf16

@@ -466,6 +466,11 @@ def test_bf16_precision_trains_with_float32_master_weights(tiny_policy, pop, tmp
         assert {d for n, d in frozen.items() if n.endswith(("proj.base_layer.weight", "proj.weight", "lm_head.weight"))} \
             == {torch.bfloat16}
         assert {d for n, d in frozen.items() if "embed_tokens" in n or "norm" in n} == {torch.float32}
+        # The KV cache stays bf16 under autocast (float32 rotary cos/sin used to promote keys and values to float32,
+        # which autocast then cast back for attention at every decoding step).
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            cache = lr.trainer.model(input_ids=torch.tensor([[5, 6, 7, 8]]), use_cache=True).past_key_values
+        assert {cache.layers[0].keys.dtype, cache.layers[0].values.dtype} == {torch.bfloat16}
         # A merged copy of these weights still generates outside any autocast (the linears take float32 input).
         copy = lr.copy_policy()
         assert copy.autocast is None and copy.generate([[{"role": "user", "content": "1 0 1"}]], max_new_tokens=3)
