@@ -15,7 +15,9 @@ alike. Phases are timed by hooks (benchmark-only; nothing in fst_lab is changed 
   with / without gradient; ``backward``; ``optimizer``; ``KL probe``; ``checkpoint`` (``save_state``).
 
 FLOPs are counted exactly for every ``nn.Linear`` call (2 x rows x in x out, LoRA included, padding
-included since it is computed); attention's own matmuls are not counted (a few % at these lengths).
+included since it is computed); attention's own matmuls are not counted (a few % at these lengths), nor is
+the LM head inside TRL's fused log-prob head (it multiplies by the weight directly, not through the module;
+on CPU it scores only the completion positions, ~1/6 of the sequence: ``score_completions_only_on_cpu``).
 Backward is counted as 1x the training forward's linear FLOPs for LoRA (activation gradients; the
 frozen weights get none) and 2x for full fine-tuning. The matmul peak is ``torch.mm`` at the model's
 shapes in the same process and thread count.

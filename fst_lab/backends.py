@@ -93,6 +93,16 @@ def device_args(backend: str, precision: str = "fp32") -> dict[str, Any]:
     return {"use_cpu": False, "bf16": bf16, "fp16": not bf16}  # pragma: no cover
 
 
+def cpu_trainer_setup(model, config: SlowConfig) -> None:
+    """What a CPU learner does to its trainer's model once built: TRL's log-prob head scores only completion
+    positions (:func:`score_completions_only_on_cpu`); under ``precision: bf16`` with LoRA, frozen linears stored
+    in bf16 (:func:`store_frozen_linears_bf16`) and a bf16 KV cache (:func:`rotary_in_autocast_dtype`)."""
+    score_completions_only_on_cpu()
+    if config.precision == "bf16" and config.lora:
+        store_frozen_linears_bf16(model)
+        rotary_in_autocast_dtype(model)
+
+
 # ---------------------------------------------------------------------------- bf16 weight storage (CPU)
 def _bf16_linear_class():
     import torch

@@ -170,10 +170,7 @@ class SlowLearner:
                 model.config._name_or_path = str(snap)
         self.trainer = self._make_trainer(model, peft_config, micro, per_device // micro)
         if self.backend == "transformers" and not cuda_available():
-            backends.score_completions_only_on_cpu()  # TRL scores the prompt positions too on CPU
-        if config.precision == "bf16" and config.lora and self.backend == "transformers" and not cuda_available():
-            backends.store_frozen_linears_bf16(self.trainer.model)  # autocast re-casting them costs more than fp32
-            backends.rotary_in_autocast_dtype(self.trainer.model)  # keeps the KV cache in bf16
+            backends.cpu_trainer_setup(self.trainer.model, config)
         self.trainer.extra_loss = extra_loss
         self.trainer.extra_loss_values = []
         backends.install_copy_guard(self.trainer.model.get_base_model() if config.lora else self.trainer.model)
