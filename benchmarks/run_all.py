@@ -394,16 +394,19 @@ after (per run +0.125, +0.0625, −0.0625, +0.19). Much of what is distilled at 
 format that the few-shot demo teaches. RL + distillation over whole runs is in the learning section (no
 effect on the minimal harness at λ = 0.1 in 4 RL steps); the earlier 4-step comparison from trained
 weights (table above) agrees.
-**HoVer (tools), one FST seed** (seed 0, the demo's schedule; the first attempt was OOM-killed at 14.5 GB next
-to two other runs and resumed from its run directory): the evolved harness did *not* beat the seed harness
-here (base weights: seed 0.625, evolved 0.500, minimal `short` 0), and consolidation kept **none** of the
-gain: consolidated+minimal 0 (the held-out KL fell only 0.43 → 0.34 in 8 steps, against 0.32 → 0.15 on
-math); the evolved and seed harnesses were unchanged by it (0.5 → 0.5, 0.5625 → 0.625). The `short` student
-keeps the tool specs but loses the two few-shot conversations that show the search-then-answer pattern
-(243 prompt tokens per query); 64 student rollouts were not enough to learn it. One seed: no conclusion
-beyond "this does not come for free on a multi-turn tool task". ~185 s per HoVer RL step and ~460 s per
-consolidation at 1 thread. **Missing**: HoVer seeds 1 and 2 (`python -m benchmarks.bench_consolidate
---make-runs 1,2 --task hover`, ~50 min each; run alone, memory).
+**HoVer (tools), three FST seeds** (seeds 0, 1, 2; the demo's schedule; fp32; seeds 0 and 1 were each
+OOM-killed once next to other benchmarks and resumed from their run directories with
+`Session.resume(run).run()`): consolidation kept **none** of the harness's gain in any run — the minimal
+(`short`) harness scores 0 with base, trained and consolidated weights alike, so the share kept is **0 ± 0**
+(the evolved harness's gain over minimal: 0.5, 0.5, 0.625). The held-out student→teacher KL falls only
+0.47 ± 0.05 → 0.38 ± 0.04 in 8 steps (math: 0.32 → 0.15). The evolved harness scored 0.58 ± 0.10 before and
+0.48 ± 0.04 after consolidating (per run 0.5 → 0.5, 0.5625 → 0.5, 0.6875 → 0.4375): on this task
+consolidation *costs* the evolved harness up to 0.25 in one run of three, which is beyond the ±0.1 spread of
+the other two — treat it as a real risk, not noise. The `short` student keeps the tool specs but loses the
+few-shot conversations that show the search-then-answer pattern (273 ± 36 prompt tokens per query), and 64
+student rollouts do not teach it: a multi-turn tool protocol is not distilled for free at this scale. ~185 s
+per HoVer RL step (fp32, 1 thread), 460–590 s per consolidation; a HoVer FST run peaks at 11–19 GB, so run
+one at a time on a 24 GB machine.
 """,
     "powered": """
 **Status (2026-12-01): the runner is built and tested at smoke size; the grid itself has not run.** The
