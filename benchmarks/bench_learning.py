@@ -12,6 +12,7 @@ round then 2 RL steps, 64 samples in all) with one seed and one variant's overri
   comparison;
 - ``bf16``: ``slow.precision: bf16`` (what ``auto``, the default, picks for the embedded model on a CPU with
   bf16 instructions: linears stored in bf16, bf16 autocast for rollouts, training and the reference forward);
+- ``auto``: no override, the default as it ships (``precision: auto``; recorded per run with its commit);
 - ``rl_distill``: ``consolidate.rl_coef: 0.1`` (each RL step also pulls the minimal-harness policy toward the
   harness-conditioned one), at the same samples as ``fp32``.
 
@@ -45,6 +46,7 @@ VARIANTS = {
     "fp32": {"slow": {"precision": "fp32"}},
     "bf16": {"slow": {"precision": "bf16"}},
     "rl_distill": {"slow": {"precision": "fp32"}, "consolidate": {"rl_coef": 0.1}},
+    "auto": {"slow": {}},  # the shipped default (precision auto: bf16 for the embedded model on a bf16 CPU)
 }
 
 

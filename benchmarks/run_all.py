@@ -315,39 +315,50 @@ policy on math (harness + weights) but not a more *sample-efficient* one, and it
   re-run). `slow.micro_batch_size` trades time for memory.
 """,
     "slow_step": """
-Numbers from `benchmarks/results/slow_step.json` (2026-12-01, session 6). The table above is one process
-per precision at **1 torch thread**, with a single-thread benchmark run on the other core (load ≈ 2);
-hooks time every phase, so its steps are ~20% slower than un-hooked ones.
+Numbers from `benchmarks/results/slow_step.json` (2026-12-01, session 7, **AMD EPYC, 2 cores, avx512_bf16, no
+AMX**; session 6's Intel/AMX figures are kept in the JSON under `session6`). The table above is one process per
+precision at **2 torch threads** on an otherwise idle machine; hooks time every phase, so its steps are a little
+slower than un-hooked ones.
 
 **Reading.**
-- *Why bf16 autocast alone did not help.* On an idle machine (2 threads) the previous bf16 mode — TRL's
-  `bf16=True`, i.e. bfloat16 autocast over float32 weights — was **0.94×** the old main per RL step (median
-  24.9 s old vs 26.6 s new, ABBA, last line above). Autocast caches the bf16 copy only of weights that
-  require grad, so every forward re-cast each frozen projection and the LM head: a decode step read the
-  float32 weights, wrote bf16 copies and read those (≈ 2× the bytes of float32), and CPU decoding at batch 8
-  is bound by exactly those bytes (profile: `aten::mm` 56% of decode at ~6 GB/s, `cat` of the growing KV
-  cache 11%, the sampler's `exponential_` 10%).
-- *What changed.* With `precision: bf16` and LoRA on CPU the frozen `nn.Linear` weights (q/k/v/o, MLP, LM
-  head) are now stored in bf16 once (`fst_lab.backends.store_frozen_linears_bf16`); LoRA adapters, their
-  AdamW state, the embedding (so the residual stream stays float32 under autocast) and the norms stay
-  float32; the KL probe reads the stored linears as float32 copies (`float32_linears`), so it measures
-  drift, not rounding (test `test_kl_probe_is_float32_under_bf16`). Decode at batch 8: 12.5 s → 9.0 s;
-  reference forward 6.7 → 3.1 s; training forward 6.9 → 5.4 s; backward unchanged (9.3 vs 9.5 s);
-  prefill unchanged. The KL probe costs 0.7 s more (the float32 copy).
-- *Whole steps vs the old main* (b28a772, `git worktree`, separate processes, 1 thread each, load 2):
-  **44.6 s → 28.3 s, 1.58×** — short of the issue's ≥ 2×. At 2 threads on an otherwise idle machine (same
-  command with `--threads 2`, `compare_idle_2_threads` in the JSON): 26.8 s → 21.8 s, **1.23×** (the old
-  main scales better with the second thread than the bf16 path does). What is left: backward (9.5 s, no faster in
-  bf16: 37 GFLOP/s against a bf16 matmul peak of ~950 at 1 thread, so it is not the matmuls), decode (9 s,
-  weight bytes + per-token overhead), the training forward (5.4 s at 66 GFLOP/s) and the KL probe (3.6 s).
-- *Numerics.* Importance ratio π_train/π_sample on the sampled tokens (sampler path: KV cache, token by
-  token; trainer path: one forward): fp32 mean |ρ − 1| = 3e-6; bf16 2.5e-2 (max |log ρ| 0.22) — bf16
-  rounding differs between the two computation shapes; TRL's loss takes ρ = 1 by construction here (one
-  update per generation), so this is a ~2.5% per-token off-policy bias, not a clipped ratio.
-- *Learning* (next section, 3 seeds × the demo's schedule): bf16 final val 0.688 ± 0.225 vs fp32 0.625 ±
-  0.225, probe KL 0.0012 ± 0.0007 vs 0.0012 ± 0.0012 — within the seeds' spread. **Default stays `fp32`
-  for now**: the suite and the documented demo figures run fp32, and bf16 does not yet reach the issue's
-  2×; `slow: {precision: bf16}` is the faster choice on CPUs with AVX512-BF16/AMX.
+- *What made the step 2× at 1 thread.* Three changes on top of session 6's bf16 weight storage:
+  1. **TRL's log-prob head scored the prompt too.** TRL 1.16 computes the training and reference log-probs
+     through a fused LM head (projection to the 49,152-token vocabulary + log-softmax in tiles). On devices
+     without Triton it scores *every* position so tile shapes stay fixed for graph compilers, and masks the
+     prompt afterwards; on the demo the prompt is ~1,260 of ~1,500 positions, so the head's matmuls and its
+     memory-bound passes over `[positions, 32768]` tiles cost ~6× what the loss needs — about a third of the
+     step (profile at 1 thread: 6.1 s forward + 6.0 s backward inside `ChunkedLogProbFunction` of a 28.8 s
+     step). `fst_lab.backends.score_completions_only_on_cpu` makes it score only completion positions on CPU,
+     as it does on CUDA: identical log-probs, entropies and gradients (test
+     `test_trl_fused_head_scores_only_completion_positions_on_cpu_same_values` counts the head's FLOPs);
+     28.8 s → 19.2 s per bf16 step at 1 thread. It speeds fp32 up by the same work.
+  2. **A bf16 KV cache.** With the embedding kept float32 the rotary cos/sin were float32, so rotated keys were
+     float32 and transformers' `DynamicCache` stored keys *and* values in float32 (its empty layer takes the
+     keys' dtype; `cat` promoted the bf16 values), and autocast cast the whole cache back to bf16 for
+     attention at every decoding step. Rotary outputs in the autocast dtype
+     (`backends.rotary_in_autocast_dtype`) keep the cache bf16: decode ~5% faster (test checks the dtype).
+  3. **`precision: auto`, the new default**: bf16 for LoRA on a CPU with avx512_bf16/AMX and a model of hidden
+     size ≥ 512 (the embedded model), fp32 otherwise — test-size models stay fp32 because bf16 kernels have a
+     higher fixed cost (an 8×576 · 576×16 product: 28 µs in bf16, 6 µs in fp32 on this machine).
+- *Whole steps vs the old main* (b28a772, `git worktree`, separate processes, ABBA, default precision):
+  **1 thread: 39.1 s → 19.5 s, 2.00×** (a single-thread benchmark on the other core, load ~2;
+  `compare_1_thread`); **2 threads, idle: 29.4 s → 15.9 s, 1.85×** (ABBA with 2 pairs, last lines above;
+  before the bf16 KV cache: 27.8 s → 14.9 s, 1.87×, same method — the two figures are within run-to-run
+  spread, old-main steps ranged 24.6–32.7 s). The issue's ≥ 2× is met at 1 thread and missed at 2 threads.
+- *Where the 2-thread bf16 step goes now* (table): decode 5.9 s (23 GFLOP/s: per-token overhead of HF
+  `generate` — ~600 small ops per step with LoRA adapters, the sampler's `exponential_` ≈ 8 ms per step,
+  `cat` of the growing cache), backward 2.4 s, KL probe 1.7 s (float32 on purpose, see below), training
+  forward 1.7 s, reference forward 1.5 s, prefill 1.0 s. Tried and dropped: fp32 LoRA branches in decode
+  (slower: the autocast toggles cost more than the small bf16 products), transformers' `StaticCache` (no
+  faster at these lengths), eager attention (decode 10% slower; bf16 scores rounded before softmax, 4× the
+  attention error of SDPA), SDPA's math backend (same accuracy as flash, faster attention backward at
+  training shapes, no faster in decode).
+- *Numerics.* Importance ratio π_train/π_sample on the sampled tokens (sampler path: KV cache, token by token;
+  trainer path: one forward): fp32 mean |ρ − 1| = 2.5e-6; bf16 2.4e-2 (max |log ρ| 0.23) — bf16 rounding
+  differs between the two computation shapes; TRL's loss takes ρ = 1 by construction here (one update per
+  generation), so this is a ~2.4% per-token off-policy bias, not a clipped ratio.
+- *Learning* (next section): fp32 vs bf16 over 3 seeds × the demo's schedule, within the seeds' spread; the
+  `auto` rows are the shipped default after these changes.
 
 Shared-prefix KV cache for rollouts (`Policy.generate_text`, on by default): each harness's prefix is
 encoded once per generate call into a transformers `DynamicCache` whose rows are selected per prompt;
@@ -355,7 +366,7 @@ greedy ids identical to the uncached path (tests `test_prefix_cache_gives_the_un
 Measured 1.34× over plain `generate` at batch 8 (earlier session, load 8; fp32).
 
 Rollouts as a `precision: bf16` learner samples them (linears stored in bf16, bf16 autocast) against llama.cpp
-single-stream on the same prompts (llama-cpp-python 0.3.36 built with the command at the top of this doc, Q4_1
+single-stream on the same prompts (session 6, on the Intel/AMX machine; not re-measured on this one) (llama-cpp-python 0.3.36 built with the command at the top of this doc, Q4_1
 GGUF, 2 threads; idle machine, load 1.5–1.9; `python -m benchmarks.bench_rollout --threads 2 --bf16-weights
 --batch-sizes 1,8 --reps 2 --no-extras --no-experiments`, `benchmarks/results/rollout_bf16.json`): batch 8
 **44.7 tok/s vs llama.cpp 18.8 = 2.57×** (issue 19's ≥ 2× ✅); batch 1 10.5 vs 16.2 (0.68×). Under bf16 the

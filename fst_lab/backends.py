@@ -317,6 +317,7 @@ def generation_policy(trainer, policy: Policy, config: SlowConfig, backend: str)
 
 
 def hidden_size(model) -> int | None:
+    """The (text) hidden size of an HF or PEFT model, None when it has no config (what ``auto`` precision reads)."""
     cfg = getattr(model, "config", None)
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     return getattr(cfg, "hidden_size", None)
