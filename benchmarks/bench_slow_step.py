@@ -400,11 +400,14 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
                 lines.append(f"- {k}: {[round(t, 1) for t in r['step_s']]} s, load before/after "
                              f"{r['loadavg_before'][0] if r['loadavg_before'] else '?'}/"
                              f"{r['loadavg_after'][0] if r['loadavg_after'] else '?'}")
-    b = res.get("compare_before_bf16_storage")
-    if b:
-        lines += ["", f"Before the frozen linears were stored in bf16 ({b.get('note')}; `{b.get('command')}`): "
-                  f"median {b['median_step_s']['old']:.1f}s → {b['median_step_s']['new']:.1f}s per step, "
-                  f"**{b['speedup']:.2f}×**."]
+    labels = {"compare_1_thread": "At 1 thread", "compare_before_kv_cache_bf16": "Before the bf16 KV cache",
+              "compare_before_bf16_storage": "Before the frozen linears were stored in bf16"}
+    for key, label in labels.items():  # further ABBA comparisons merged into the result, each with its command
+        b = res.get(key)
+        if b:
+            note = "; ".join(x for x in (b.get("note") or b.get("machine_load_note"), f"`{b.get('command')}`") if x)
+            lines += ["", f"{label} ({note}): median {b['median_step_s']['old']:.1f}s → "
+                      f"{b['median_step_s']['new']:.1f}s per step, **{b['speedup']:.2f}×**."]
     return "\n".join(lines)
 
 

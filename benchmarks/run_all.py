@@ -389,6 +389,11 @@ seed-to-seed spread (one validation problem = 0.0625; the nine runs span 0.44–
 0.625 ± 0.225 with the evolved harness, KL 0.0020 vs 0.0012; and the number distillation is meant to move,
 the trained weights under the minimal harness, is **0 in all six runs** — four RL steps at rate 1e-4 do not
 teach the answer format, where 8 dedicated consolidation steps at 3e-4 do (consolidation section).
+*The shipped default* (`auto` rows, session 7, commit 51be9f9: `precision: auto` = bf16 with the bf16 KV cache and
+TRL's head scoring completions only, on the AMD machine): final validation 0.583 ± 0.253 (0.4375, 0.875,
+0.4375) against fp32's 0.625 ± 0.225, probe KL 0.00059 ± 0.00028 against 0.0012 ± 0.0012 — both inside the
+seeds' spread. Its seed 0 reproduces `make demo`'s table exactly (same seed, same machine type). Wall seconds
+(209 median, 1 thread, load 1.6–2.5) are not comparable with the fp32 rows (session 6, Intel machine).
 """,
     "consolidate": """
 **Reading.** Three FST runs of the demo's schedule (math level 1; seeds 0, 1, 2 — seed 0 is `fst-lab demo`'s
