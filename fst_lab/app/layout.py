@@ -121,7 +121,7 @@ def build_app(runs_root: str | Path = "runs", *, policy_factory: Callable[[str],
         with gr.Row():
             harness_a = gr.Dropdown(label="Harness A", choices=choices0, value=a0, allow_custom_value=True, scale=3)
             harness_b = gr.Dropdown(label="Harness B", choices=choices0, value=b0, allow_custom_value=True, scale=3)
-            weights = gr.Radio(["base", "trained", "consolidated"], value="base", label="Weights", scale=2,
+            weights = gr.Radio(["base", "trained", "consolidated"], value="base", label="Weights", scale=2, min_width=340,
                                info="trained: RL · consolidated: harness distilled in")
         header = Header(run_dd, cycle_dd, harness_a, harness_b, weights, run_status)
         with gr.Tabs():
