@@ -45,11 +45,11 @@ def resolve_backend(config: SlowConfig, policy: Policy | None = None) -> str:
 BF16_MIN_HIDDEN = 512  # below this, bf16 matmul kernels' fixed cost outweighs the halved weight traffic on CPU
 
 
-def cpu_has_bf16() -> bool:
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has bfloat16 matmul instructions (x86 ``avx512_bf16`` or AMX), from ``/proc/cpuinfo``;
     False where that cannot be read (torch then runs bf16 matmuls by conversion, slower than float32)."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
@@ -66,13 +66,13 @@ def resolve_precision(config: SlowConfig, backend: str, hidden: int | None = Non
     size is at least :data:`BF16_MIN_HIDDEN` (the embedded SmolLM2-135M: 576), else ``fp32``. Measured on the
     demo (docs/BENCHMARKS.md, CPU speed): bf16 steps are faster at 1 and 2 threads and learning stayed within
     the seeds' spread; at test-model sizes (hidden 32) the bf16 kernels' fixed cost makes them slower (an
-    8x576 . 576x16 product: 28 us vs 6 us in float32). On CUDA the trainer picks bf16/fp16 itself
-    (:func:`device_args`), so ``auto`` reports ``bf16`` there.
+    8x576 . 576x16 product: 28 us vs 6 us in float32). On CUDA ``auto`` is ``fp32`` as far as fst_lab goes
+    (samplers without autocast, as before ``auto``): the trainer picks its own bf16/fp16 there (:func:`device_args`).
     """
     if config.precision != "auto":
         return config.precision
     if cuda_available():  # pragma: no cover - GPU only
-        return "bf16"
+        return "fp32"
     if config.lora and backend == "transformers" and cpu_has_bf16() and (hidden or 0) >= BF16_MIN_HIDDEN:
         return "bf16"
     return "fp32"

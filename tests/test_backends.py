@@ -46,13 +46,16 @@ def test_precision_auto_is_bf16_only_for_lora_on_a_bf16_cpu_and_a_large_enough_m
         SlowConfig(precision="fp16")
 
 
-def test_cpu_has_bf16_reads_this_machines_flags():
-    flags = set()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    assert backends.cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path):
+    def info(flags: str):
+        f = tmp_path / f"cpuinfo-{len(list(tmp_path.iterdir()))}"
+        f.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        return str(f)
+
+    assert backends.cpu_has_bf16(info("fpu sse avx2 avx512f avx512_bf16 avx512_vnni"))  # AVX512-BF16 (Zen 4)
+    assert backends.cpu_has_bf16(info("fpu avx512f amx_bf16 amx_tile"))  # AMX (Sapphire Rapids)
+    assert not backends.cpu_has_bf16(info("fpu sse avx2 avx512f avx512bw"))  # AVX-512 without bf16
+    assert not backends.cpu_has_bf16(str(tmp_path / "missing"))  # unreadable (macOS): fp32
 
 
 def test_prepare_model_lora_full_and_existing_adapter(tiny_policy):
