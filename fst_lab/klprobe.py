@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from fst_lab.backends import float32_linears, reference
-from fst_lab.models import render_chat
+from fst_lab.models import encode_shared_prefixes, render_chat
 
 if TYPE_CHECKING:  # pragma: no cover
     from fst_lab.harness import Harness
@@ -48,17 +48,25 @@ def probe_kl(model, base, tokenizer, harness: "Harness | None", examples: Sequen
         return float("nan")
     # One left-padded batch: every response ends at the last position, so the logits of the last
     # (longest response + 1) positions cover all of them; positions come from the mask, as in generation.
-    L = max(len(p) + len(t) for p, t, _ in rows)
+    # A prompt prefix several rows share (the harness's system prompt and few-shot) is encoded once.
+    seqs = [p + t for p, t, _ in rows]
+    L = max(len(s) for s in seqs)
     n = max(len(t) for _, t, _ in rows)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.tensor([[pad] * (L - len(p) - len(t)) + p + t for p, t, _ in rows], device=device)
-    mask = torch.tensor([[0] * (L - len(p) - len(t)) + [1] * (len(p) + len(t)) for p, t, _ in rows], device=device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
 
     def response_logprobs(m):  # [rows, n, vocab]: log-softmax at the n positions before the last
         forward = getattr(m, "_original_forward", m)  # accelerate keeps the unwrapped forward here
         with torch.autocast(device.type, enabled=False):
-            logits = forward(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=n + 1).logits
+            enc = encode_shared_prefixes(forward, seqs, pad, device, within=[p for p, _, _ in rows])
+            if enc is None:
+                ids = torch.tensor([[pad] * (L - len(s)) + s for s in seqs], device=device)
+                mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs], device=device)
+                cache, P = None, 0
+            else:  # each row keeps at least its last prompt token and its response after the cached prefix
+                cache, ids, mask, P = enc
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = forward(input_ids=ids[:, P:], attention_mask=mask, position_ids=pos[:, P:],
+                             past_key_values=cache, use_cache=cache is not None, logits_to_keep=n + 1).logits
         return torch.log_softmax(logits[:, :-1].float(), -1)
 
     was_training = model.training

@@ -371,34 +371,48 @@ def shared_prefixes(ids: Sequence[Sequence[int]], min_len: int = 16) -> tuple[li
     return prefixes, owner
 
 
-def _generate_shared_prefix(model, ids: list[list[int]], pad: int, device, kwargs: dict):
-    """Generate with each shared prefix encoded once.
+def encode_shared_prefixes(forward, ids: list[list[int]], pad: int, device,
+                           within: Sequence[Sequence[int]] | None = None):
+    """Encode each prefix shared by several rows once: ``(cache, input_ids, attention_mask, offset)``, or None
+    when no row shares one. ``within[r]`` (a prefix of ``ids[r]``, default the row itself) bounds where row r's
+    shared prefix is looked for, so a caller can keep, e.g., each row's response out of it.
 
-    The distinct prefixes run through one forward (left-padded, positions from the mask, as generate
-    computes them) into a transformers ``DynamicCache``; the cache's rows are then selected per prompt
-    row (``batch_select_indices``) and ``generate`` continues from it. Each row reads
-    ``[pad][prefix][pad][rest]`` with the pads masked, so every real token keeps the position and the
-    context it has in the left-padded uncached layout.
+    The distinct prefixes run through one ``forward`` (left-padded, positions from the mask, as generate
+    computes them) into a transformers ``DynamicCache``; the cache's rows are then selected per row
+    (``batch_select_indices``). ``input_ids``/``attention_mask`` are the full rows, each laid out as
+    ``[pad][prefix][pad][rest]`` with the pads masked, so every real token keeps the position and the context it
+    has in the plain left-padded layout; the cache holds the first ``offset`` columns, and the rows' own tokens
+    (``input_ids[:, offset:]``) are what the caller feeds next.
     """
     import torch
 
-    prefixes, owner = shared_prefixes(ids)
+    prefixes, owner = shared_prefixes(ids if within is None else within)
     if len(prefixes) == len(ids) or max(len(p) for p in prefixes) == 0:  # nothing shared
-        return _generate_padded(model, ids, pad, device, kwargs)
+        return None
     P = max(len(p) for p in prefixes)
     pre = torch.tensor([[pad] * (P - len(p)) + p for p in prefixes], device=device)
     pre_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prefixes], device=device)
     pos = (pre_mask.cumsum(-1) - 1).clamp(min=0)
-    cache = model(input_ids=pre, attention_mask=pre_mask, position_ids=pos, use_cache=True,
-                  logits_to_keep=1).past_key_values
+    cache = forward(input_ids=pre, attention_mask=pre_mask, position_ids=pos, use_cache=True,
+                    logits_to_keep=1).past_key_values
     cache.batch_select_indices(torch.tensor(owner, device=device))
     rest = [r[len(prefixes[g]):] for r, g in zip(ids, owner)]
     S = max(len(x) for x in rest)
     input_ids = torch.cat([pre[owner], torch.tensor([[pad] * (S - len(x)) + x for x in rest], device=device)], 1)
     mask = torch.cat([pre_mask[owner], torch.tensor([[0] * (S - len(x)) + [1] * len(x) for x in rest],
                                                     device=device)], 1)
+    return cache, input_ids, mask, P
+
+
+def _generate_shared_prefix(model, ids: list[list[int]], pad: int, device, kwargs: dict):
+    """Generate with each shared prefix encoded once (:func:`encode_shared_prefixes`); ``generate`` continues
+    from the prefixes' cache."""
+    enc = encode_shared_prefixes(model, ids, pad, device)
+    if enc is None:
+        return _generate_padded(model, ids, pad, device, kwargs)
+    cache, input_ids, mask, _ = enc
     seqs = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache, **kwargs)
-    return seqs[:, P + S:], [len(r) for r in ids]
+    return seqs[:, input_ids.shape[1]:], [len(r) for r in ids]
 
 
 def _template_takes_tools(tokenizer) -> bool:

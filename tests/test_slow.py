@@ -165,6 +165,31 @@ def test_steps_train_condition_per_rollout_and_swap_population(learner, harness_
     assert other.seen and all(ex_id.startswith("other-train-") for ex_id, _ in other.seen)
 
 
+def test_kl_probe_encodes_the_shared_harness_prefix_once_same_kl(learner, monkeypatch):
+    """Probe rows rendered with one harness share its system prompt: it is encoded once (fewer positions run)
+    and the KL is the token-weighted mean of the single-example values, each computed without sharing."""
+    from fst_lab import klprobe
+    from fst_lab.models import encode_shared_prefixes
+
+    learner.step(1)
+    tok, exs = learner.tokenizer, learner.task.examples("val", 3)
+    h = learner.population[0].with_components({"system_prompt": "Solve it step by step, then answer. " * 4},
+                                              origin="manual")
+    n_tok = [len(tok(f"Answer: {e.answer}{tok.eos_token}", add_special_tokens=False)["input_ids"]) for e in exs]
+    singles = [learner.kl_probe(h, examples=[e]) for e in exs]
+    shared = []
+
+    def spy(*args, **kwargs):
+        enc = encode_shared_prefixes(*args, **kwargs)
+        shared.append(None if enc is None else enc[3])
+        return enc
+
+    monkeypatch.setattr(klprobe, "encode_shared_prefixes", spy)
+    kl = learner.kl_probe(h, examples=exs)
+    assert shared and all(p is not None and p >= 16 for p in shared)  # the prefix path ran
+    assert kl > 0 and kl == pytest.approx(sum(k * n for k, n in zip(singles, n_tok)) / sum(n_tok), rel=1e-4)
+
+
 def test_policy_views_deepcopy_and_adapter_roundtrip(learner, tmp_path):
     learner.step(1)
     saved = _lora(learner)
