@@ -123,3 +123,81 @@ def test_prefix_cache_encodes_each_shared_prefix_once(tiny_policy, harness_dir):
     assert seen[0] == (len(prefixes), max(map(len, prefixes))) and len(prefixes) == 3  # 2 harnesses + 1 lone row
     rest = max(len(r) - len(prefixes[g]) for r, g in zip(ids, owner))
     assert seen[1] == (len(prompts), rest) and rest < max(map(len, ids)) // 2  # prefill: the rest only
+
+
+def _lora_tiny(seed: int = 3):
+    """A tiny Llama wrapped with the default LoRA config, adapters moved off zero."""
+    import torch
+    from peft import get_peft_model
+
+    from fst_lab.backends import lora_config
+    from fst_lab.slow import SlowConfig
+
+    pol = models.tiny_policy(seed=seed, hidden_size=64)
+    model = get_peft_model(pol.model, lora_config(SlowConfig(lora_alpha=19)))  # scaling 19/16: not a power of 2
+    torch.manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    return pol, model
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_lean_lora_forward_is_peft_forward_bit_for_bit(precision):
+    """Generation's lean LoRA path computes exactly what PEFT's forward computes (fp32, and under bf16 autocast
+    with bf16-stored frozen linears, as the bf16 sampler runs); it is undone on exit and leaves a disabled
+    adapter to PEFT."""
+    import contextlib
+
+    import torch
+
+    from fst_lab import backends
+
+    _, model = _lora_tiny()
+    if precision == "bf16":
+        backends.store_frozen_linears_bf16(model)
+    ac = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    ids = torch.randint(0, 500, (3, 11))
+    lora_layers = [m for m in model.modules() if type(m).__name__ == "Linear" and hasattr(m, "lora_A")]
+    assert len(lora_layers) >= 8  # every targeted projection of both layers
+    with torch.inference_mode(), ac:
+        want = model(input_ids=ids).logits
+        with models.lean_lora_forward(model):
+            assert sum("forward" in vars(m) for m in lora_layers) == len(lora_layers)
+            got = model(input_ids=ids).logits
+        assert not any("forward" in vars(m) for m in lora_layers)
+        assert torch.equal(got, want)
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+            with models.lean_lora_forward(model):
+                assert not any("forward" in vars(m) for m in lora_layers)  # PEFT's own disabled path
+                assert torch.equal(model(input_ids=ids).logits, base)
+    assert not torch.equal(base, want)  # the adapters matter, so equality above is not vacuous
+
+
+def test_sampling_processor_draws_from_the_tempered_nucleus():
+    """The inverse-CDF sampler (generate then takes its token greedily) draws with softmax(logits / T)
+    frequencies, never outside top-p's nucleus, and a seed reproduces a generation."""
+    import torch
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0, float("-inf")]]).repeat(40000, 1)
+    for temperature, top_p in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.7)):
+        torch.manual_seed(0)
+        out = models._sampling_processors(temperature, top_p)(None, logits.clone())
+        assert torch.isfinite(out).sum(-1).eq(1).all()  # exactly one finite entry per row: greedy takes it
+        freq = torch.bincount(out.argmax(-1), minlength=5).float() / len(out)
+        want = torch.softmax(logits[0] / temperature, -1)
+        if top_p < 1:  # transformers' own nucleus warper decides which tokens stay
+            from transformers import TopPLogitsWarper
+
+            kept = torch.isfinite(TopPLogitsWarper(top_p)(None, logits[:1] / temperature))[0]
+            want = torch.where(kept, want, 0.0) / want[kept].sum()
+            assert freq[~kept].sum() == 0
+        assert torch.allclose(freq, want, atol=0.01), (temperature, top_p, freq, want)
+
+    pol, model = _lora_tiny()
+    pol = models.Policy(model=model, tokenizer=pol.tokenizer)
+    prompts = [pol.chat_prompt([{"role": "user", "content": f"Count to {i}."}]) for i in range(3)]
+    runs = [pol.generate_text(prompts, max_new_tokens=12, temperature=1.0, seed=s) for s in (5, 5, 6)]
+    ids = [[g.completion_ids for g in r] for r in runs]
+    assert ids[0] == ids[1] and ids[0] != ids[2]
