@@ -419,6 +419,11 @@ def plot(res: dict, out_dir: Path, prefix: str = "powered") -> list[Path]:
             for m, b in an[key]["bands"].items():
                 bb = b.get(x)
                 if not bb or not bb["x"]:
+                    end = b.get("samples")
+                    if x == "rl_step" and end and end["x"]:  # GEPA-only takes no RL step: its final value, as a level
+                        ax.axhline(end["mean"][-1], color=COLORS[m], linestyle="--", linewidth=1.5,
+                                   label=f"{m} final, no RL steps (mean of {max(end['n'])} seeds)")
+                        ax.axhspan(end["lo"][-1], end["hi"][-1], color=COLORS[m], alpha=0.12)
                     continue
                 ax.step(bb["x"], bb["mean"], where="post", color=COLORS[m], linewidth=2,
                         label=f"{m} (mean of {max(bb['n'])} seeds)")

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import os
 import subprocess
 import sys
 import time
@@ -188,6 +189,49 @@ def test_kl_probe_encodes_the_shared_harness_prefix_once_same_kl(learner, monkey
     kl = learner.kl_probe(h, examples=exs)
     assert shared and all(p is not None and p >= 16 for p in shared)  # the prefix path ran
     assert kl > 0 and kl == pytest.approx(sum(k * n for k, n in zip(singles, n_tok)) / sum(n_tok), rel=1e-4)
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
+                    reason="counts OpenMP worker threads in /proc (Linux, >= 2 cores)")
+def test_release_openmp_pool_ends_the_calling_threads_workers():
+    """Parallel work starts an OpenMP pool for the thread that runs it; releasing it ends those OS threads."""
+    import threading
+
+    from fst_lab.stepper import release_openmp_pool
+
+    seen = {}
+
+    def work():
+        a = torch.randn(512, 512)
+        before = _os_threads()
+        _ = a @ a  # parallel: this thread's pool starts (threads > 1)
+        seen["with_pool"] = _os_threads() - before
+        seen["released"] = release_openmp_pool()
+        seen["after"] = _os_threads() - before
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen["with_pool"] >= 1 and seen["released"] and seen["after"] == 0, seen
+
+
+def test_stepper_hands_over_without_its_openmp_pool(learner, monkeypatch):
+    """Caller and worker each release their OpenMP pool before the other computes (one live pool at a time)."""
+    import threading
+
+    from fst_lab import stepper
+
+    calls = []
+    real = stepper.release_openmp_pool
+    monkeypatch.setattr(stepper, "release_openmp_pool",
+                        lambda: (calls.append(threading.current_thread().name), real())[1])
+    learner.step(1)
+    assert calls[0] == threading.current_thread().name  # the caller, before it grants the step
+    assert calls[-1] == "fst-trainer-step"  # the worker, as it parks after the step
 
 
 def test_policy_views_deepcopy_and_adapter_roundtrip(learner, tmp_path):
