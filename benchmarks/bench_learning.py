@@ -47,6 +47,9 @@ VARIANTS = {
     "bf16": {"slow": {"precision": "bf16"}},
     "rl_distill": {"slow": {"precision": "fp32"}, "consolidate": {"rl_coef": 0.1}},
     "auto": {"slow": {}},  # the shipped default (precision auto: bf16 for the embedded model on a bf16 CPU)
+    # The same default after session 8's generation changes (inverse-CDF sampling: the same distribution from
+    # another random stream; lean LoRA forward, bit-identical): a fresh set of seeds, compared with "auto".
+    "auto_s8": {"slow": {}},
 }
 
 

@@ -402,8 +402,10 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
                 lines.append(f"- {k}: {[round(t, 1) for t in r['step_s']]} s, load before/after "
                              f"{r['loadavg_before'][0] if r['loadavg_before'] else '?'}/"
                              f"{r['loadavg_after'][0] if r['loadavg_after'] else '?'}")
-    labels = {"compare_1_thread": "At 1 thread", "compare_before_kv_cache_bf16": "Before the bf16 KV cache",
-              "compare_before_bf16_storage": "Before the frozen linears were stored in bf16"}
+    labels = {"compare_1_thread": "At 1 thread", "compare_1_thread_session7": "At 1 thread, session 7",
+              "compare_before_kv_cache_bf16": "Before the bf16 KV cache",
+              "compare_before_bf16_storage": "Before the frozen linears were stored in bf16",
+              "compare_before_openmp_release": "Before the stepper released its OpenMP pools"}
     for key, label in labels.items():  # further ABBA comparisons merged into the result, each with its command
         b = res.get(key)
         if b:

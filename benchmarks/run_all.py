@@ -315,44 +315,49 @@ policy on math (harness + weights) but not a more *sample-efficient* one, and it
   re-run). `slow.micro_batch_size` trades time for memory.
 """,
     "slow_step": """
-Numbers from `benchmarks/results/slow_step.json` (2026-12-01, session 7, **AMD EPYC, 2 cores, avx512_bf16, no
-AMX**; session 6's Intel/AMX figures are kept in the JSON under `session6`). The table above is one process per
-precision at **2 torch threads** on an otherwise idle machine; hooks time every phase, so its steps are a little
-slower than un-hooked ones.
+Numbers from `benchmarks/results/slow_step.json` (2026-12-01, session 8, **AMD EPYC, 2 cores, avx512_bf16, no
+AMX**; session 7's run on the same machine is kept in the JSON under `session7`, session 6's Intel/AMX figures
+under `session6`). The table above is one process per precision at **2 torch threads** on an otherwise idle
+machine; hooks time every phase, so its steps are a little slower than un-hooked ones.
 
 **Reading.**
-- *What made the step 2× at 1 thread.* Three changes on top of session 6's bf16 weight storage:
-  1. **TRL's log-prob head scored the prompt too.** TRL 1.16 computes the training and reference log-probs
-     through a fused LM head (projection to the 49,152-token vocabulary + log-softmax in tiles). On devices
-     without Triton it scores *every* position so tile shapes stay fixed for graph compilers, and masks the
-     prompt afterwards; on the demo the prompt is ~1,260 of ~1,500 positions, so the head's matmuls and its
-     memory-bound passes over `[positions, 32768]` tiles cost ~6× what the loss needs — about a third of the
-     step (profile at 1 thread: 6.1 s forward + 6.0 s backward inside `ChunkedLogProbFunction` of a 28.8 s
-     step). `fst_lab.backends.score_completions_only_on_cpu` makes it score only completion positions on CPU,
-     as it does on CUDA: identical log-probs, entropies and gradients (test
-     `test_trl_fused_head_scores_only_completion_positions_on_cpu_same_values` counts the head's FLOPs);
-     28.8 s → 19.2 s per bf16 step at 1 thread. It speeds fp32 up by the same work.
-  2. **A bf16 KV cache.** With the embedding kept float32 the rotary cos/sin were float32, so rotated keys were
-     float32 and transformers' `DynamicCache` stored keys *and* values in float32 (its empty layer takes the
-     keys' dtype; `cat` promoted the bf16 values), and autocast cast the whole cache back to bf16 for
-     attention at every decoding step. Rotary outputs in the autocast dtype
-     (`backends.rotary_in_autocast_dtype`) keep the cache bf16: decode ~5% faster (test checks the dtype).
-  3. **`precision: auto`, the new default**: bf16 for LoRA on a CPU with avx512_bf16/AMX and a model of hidden
-     size ≥ 512 (the embedded model), fp32 otherwise — test-size models stay fp32 because bf16 kernels have a
-     higher fixed cost (an 8×576 · 576×16 product: 28 µs in bf16, 6 µs in fp32 on this machine).
-- *Whole steps vs the old main* (b28a772, `git worktree`, separate processes, ABBA, default precision):
-  **1 thread: 39.1 s → 19.5 s, 2.00×** (a single-thread benchmark on the other core, load ~2;
-  `compare_1_thread`); **2 threads, idle: 29.4 s → 15.9 s, 1.85×** (ABBA with 2 pairs, last lines above;
-  before the bf16 KV cache: 27.8 s → 14.9 s, 1.87×, same method — the two figures are within run-to-run
-  spread, old-main steps ranged 24.6–32.7 s). The issue's ≥ 2× is met at 1 thread and missed at 2 threads.
-- *Where the 2-thread bf16 step goes now* (table): decode 5.9 s (23 GFLOP/s: per-token overhead of HF
-  `generate` — ~600 small ops per step with LoRA adapters, the sampler's `exponential_` ≈ 8 ms per step,
-  `cat` of the growing cache), backward 2.4 s, KL probe 1.7 s (float32 on purpose, see below), training
-  forward 1.7 s, reference forward 1.5 s, prefill 1.0 s. Tried and dropped: fp32 LoRA branches in decode
-  (slower: the autocast toggles cost more than the small bf16 products), transformers' `StaticCache` (no
-  faster at these lengths), eager attention (decode 10% slower; bf16 scores rounded before softmax, 4× the
-  attention error of SDPA), SDPA's math backend (same accuracy as flash, faster attention backward at
-  training shapes, no faster in decode).
+- **Whole steps vs the old main** (b28a772, `git worktree`, separate processes, ABBA, default precision):
+  **2 threads, idle: 30.3 s → 12.8 s, 2.37×** (two pairs, load 1.9–2.0; the lines under the table); **1 thread:
+  47.5 s → 21.7 s, 2.19×** (one pair, a single-thread grid run on the other core, load ~2; `compare_1_thread`).
+  The issue's ≥ 2× is met at both; session 7 had 1.85× (29.4 → 15.9 s) at 2 threads and 2.00× at 1 thread.
+- *What session 8 changed* (each with a test that fails without it):
+  1. **Two OpenMP pools throttled every small op.** The trainer runs in the stepper's worker thread and the
+     caller (KL probe, evaluation, GEPA) in its own; with torch's libgomp each OS thread that runs parallel
+     work keeps a pool, and once the pools' threads outnumber the cores libgomp stops spinning between
+     parallel regions, so each small op pays a thread wake-up: an 8×576 · 576×1536 bf16 product took 150 µs
+     instead of 85 µs at 2 threads, in *both* threads, for the rest of the process (reproduced with plain
+     torch and two Python threads; large matmuls are unaffected). Decoding is thousands of such ops.
+     `TrainerStepper` now releases the handing-over thread's pool (`omp_pause_resource_all`) before the other
+     side computes: decode 6.5 → 4.3 s, step 15.7 → 12.8 s (ABBA before/after, same session).
+  2. **Sampling without `torch.multinomial`.** HF's sampler drew an exponential variate per vocabulary entry
+     (8 rows × 49,152) at every decoding step, ~8 ms; an inverse-CDF logits processor (transformers' own
+     temperature/top-p warpers, then one uniform per row) draws from the same distribution in ~0.5 ms
+     (test: frequencies vs softmax and nucleus over 40,000 draws).
+  3. **A lean LoRA forward in generation.** PEFT's `lora.Linear.forward` spends ~40 µs per call on
+     bookkeeping (argument checks, the adapter loop, three sub-module calls with their hooks); a decoding step
+     makes 120 such calls. `models.lean_lora_forward` runs the same ops in the same order for plain adapters
+     while generating — logits bit-for-bit equal to PEFT's (fp32 and bf16 autocast, tested).
+  4. **The KL probe encodes the shared harness prefix once**, as rollouts do (`models.encode_shared_prefixes`):
+     probe 2.5 → 1.8 s at 1 thread, same KL up to 4e-4 relative (test: equal to single-example values).
+  Decode-only A/B of 2 and 3 (2 threads, 64 tokens × 8 rows, no stepper): 5.61 s → 4.36 s.
+- *Where the 2-thread bf16 step goes now* (table): decode 4.3 s (32 GFLOP/s), backward 2.8 s, training forward
+  3.0 s, reference forward 1.4 s, KL probe 1.1 s (float32 on purpose), prefill 1.0 s.
+- *Session 7's changes* (numbers in `session7`): TRL 1.16's fused log-prob head scored every position on CPU
+  (the prompt is ~1,260 of ~1,500 positions) — `backends.score_completions_only_on_cpu` makes it score only
+  completions, as on CUDA (28.8 → 19.2 s per bf16 step at 1 thread); a bf16 KV cache
+  (`backends.rotary_in_autocast_dtype`, decode ~5% faster); `precision: auto` as the default (bf16 for LoRA on
+  CPUs with avx512_bf16/AMX and models of hidden size ≥ 512, fp32 otherwise: small bf16 products cost more on
+  CPU, an 8×576 · 576×16 product 28 µs in bf16 vs 6 µs in fp32).
+- *Tried and dropped:* float32 LoRA branches in decode (slower: autocast toggles), transformers' `StaticCache`
+  and a pre-reserved growing cache layer (no faster: attention then reads strided keys), eager attention
+  (decode 10% slower, 4× SDPA's attention error in bf16), SDPA's math backend (faster attention backward at
+  training shapes, ~0.2 s per step at most; not adopted), merged LoRA weights for sampling (bf16 rounding of
+  W + BA would drop small adapter updates from the sampler), a persistent float32 copy for the KL probe.
 - *Numerics.* Importance ratio π_train/π_sample on the sampled tokens (sampler path: KV cache, token by token;
   trainer path: one forward): fp32 mean |ρ − 1| = 2.5e-6; bf16 2.4e-2 (max |log ρ| 0.23) — bf16 rounding
   differs between the two computation shapes; TRL's loss takes ρ = 1 by construction here (one update per
@@ -366,12 +371,18 @@ greedy ids identical to the uncached path (tests `test_prefix_cache_gives_the_un
 Measured 1.34× over plain `generate` at batch 8 (earlier session, load 8; fp32).
 
 Rollouts as a `precision: bf16` learner samples them (linears stored in bf16, bf16 autocast) against llama.cpp
-single-stream on the same prompts (session 6, on the Intel/AMX machine; not re-measured on this one) (llama-cpp-python 0.3.36 built with the command at the top of this doc, Q4_1
-GGUF, 2 threads; idle machine, load 1.5–1.9; `python -m benchmarks.bench_rollout --threads 2 --bf16-weights
---batch-sizes 1,8 --reps 2 --no-extras --no-experiments`, `benchmarks/results/rollout_bf16.json`): batch 8
-**44.7 tok/s vs llama.cpp 18.8 = 2.57×** (issue 19's ≥ 2× ✅); batch 1 10.5 vs 16.2 (0.68×). Under bf16 the
-prefix-cached and the plain path give identical greedy ids at batch 1 but not at batch 8 (bf16 rounding
-depends on the batch shape); the identity guarantee and its test are for fp32.
+single-stream on the same prompts (llama-cpp-python 0.3.36 built with the command at the top of this doc, Q4_1
+GGUF, 2 threads; `python -m benchmarks.bench_rollout --threads 2 --bf16-weights --batch-sizes 1,8 --reps 2
+--no-extras --no-experiments`, `benchmarks/results/rollout_bf16.json`), greedy:
+- **this AMD machine (session 8, idle, load 1.9): batch 8 68.0 tok/s vs llama.cpp 40.8 = 1.70×** — issue 19's
+  ≥ 2× is *not* met here; batch 1 14.3 vs 34.5 (0.43×). llama.cpp runs more than twice as fast on this CPU as on
+  the Intel one (34.5 vs 16.2 tok/s single-stream), while our batch-8 decode gained less (68 vs 44.7 tok/s).
+  Session 8's decode changes (sampler, lean LoRA forward, OpenMP pools) do not show here: the benchmark decodes
+  greedily, with no adapter, in one thread.
+- session 6, Intel/AMX machine (under `session6` in the JSON): batch 8 **44.7 tok/s vs llama.cpp 18.8 = 2.57×**;
+  batch 1 10.5 vs 16.2 (0.68×).
+Under bf16 the prefix-cached and the plain path give identical greedy ids at batch 1 but not at batch 8 (bf16
+rounding depends on the batch shape); the identity guarantee and its test are for fp32.
 """,
     "slow_overhead": """
 **Reading.** A SlowLearner step costs 0.93× a plain TRL `GRPOTrainer` step (geometric mean of 3
