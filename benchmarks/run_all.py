@@ -403,8 +403,17 @@ teach the answer format, where 8 dedicated consolidation steps at 3e-4 do (conso
 *The shipped default* (`auto` rows, session 7, commit 51be9f9: `precision: auto` = bf16 with the bf16 KV cache and
 TRL's head scoring completions only, on the AMD machine): final validation 0.583 ± 0.253 (0.4375, 0.875,
 0.4375) against fp32's 0.625 ± 0.225, probe KL 0.00059 ± 0.00028 against 0.0012 ± 0.0012 — both inside the
-seeds' spread. Its seed 0 reproduces `make demo`'s table exactly (same seed, same machine type). Wall seconds
-(209 median, 1 thread, load 1.6–2.5) are not comparable with the fp32 rows (session 6, Intel machine).
+seeds' spread. Its seed 0 reproduced session 7's `make demo` table exactly (same seed, same machine type).
+Wall seconds (209 median, 1 thread, load 1.6–2.5) are not comparable with the fp32 rows (session 6, Intel
+machine).
+*After session 8's generation changes* (`auto_s8` rows, code of commit 0fa631f: sampling by inverse CDF — the
+same distribution from another random stream, so every seed samples different completions — plus the lean LoRA
+forward, bit-identical; same config as `auto`; 1 thread, a powered-grid run on the other core): final validation
+**0.583 ± 0.036** (0.5625, 0.5625, 0.625; `auto`: 0.583 ± 0.253), probe KL **0.0019 ± 0.0016** (0.0037, 0.0012,
+0.0008) — above session 7's `auto` (0.0006 ± 0.0003) and inside fp32's (0.0012 ± 0.0012, max 0.0025), bf16's and
+RL + distillation's spreads (max 0.0037). Through `generate`, the sampler's first-token frequencies match the
+model's softmax (1,024 draws, the six likeliest tokens within 0.011 of their probabilities). Its seed 0 run at 1
+thread is not `make demo`'s run (2 threads: bf16 sums depend on the thread count), so the two tables differ.
 """,
     "consolidate": """
 **Reading.** Three FST runs of the demo's schedule (math level 1; seeds 0, 1, 2 — seed 0 is `fst-lab demo`'s
