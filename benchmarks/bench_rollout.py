@@ -294,11 +294,13 @@ def run(args) -> dict:
     policy = tiny_policy(seed=0) if smoke else load_policy(dtype=args.dtype)
     policy.autocast = args.autocast
     policy.prefix_cache = args.prefix_cache
-    if args.bf16_weights:  # as a precision-bf16 learner samples: linears stored in bf16, under bf16 autocast
-        from fst_lab.backends import store_frozen_linears_bf16
+    if args.bf16_weights:  # as a precision-bf16 learner samples (backends.cpu_trainer_setup): linears stored in
+        # bf16, rotary cos/sin (hence the KV cache) in bf16, under bf16 autocast
+        from fst_lab.backends import rotary_in_autocast_dtype, store_frozen_linears_bf16
 
         policy.model.requires_grad_(False)
         res["bf16_linears"] = store_frozen_linears_bf16(policy.model)
+        res["bf16_rotary"] = rotary_in_autocast_dtype(policy.model)
         policy.autocast = "bf16"
     res["dtype"] = str(next(policy.model.parameters()).dtype)
     res["autocast"], res["prefix_cache"] = policy.autocast, args.prefix_cache

@@ -370,15 +370,19 @@ encoded once per generate call into a transformers `DynamicCache` whose rows are
 greedy ids identical to the uncached path (tests `test_prefix_cache_gives_the_uncached_greedy_completions`).
 Measured 1.34× over plain `generate` at batch 8 (earlier session, load 8; fp32).
 
-Rollouts as a `precision: bf16` learner samples them (linears stored in bf16, bf16 autocast) against llama.cpp
-single-stream on the same prompts (llama-cpp-python 0.3.36 built with the command at the top of this doc, Q4_1
-GGUF, 2 threads; `python -m benchmarks.bench_rollout --threads 2 --bf16-weights --batch-sizes 1,8 --reps 2
---no-extras --no-experiments`, `benchmarks/results/rollout_bf16.json`), greedy:
-- **this AMD machine (session 8, idle, load 1.9): batch 8 68.0 tok/s vs llama.cpp 40.8 = 1.70×** — issue 19's
-  ≥ 2× is *not* met here; batch 1 14.3 vs 34.5 (0.43×). llama.cpp runs more than twice as fast on this CPU as on
-  the Intel one (34.5 vs 16.2 tok/s single-stream), while our batch-8 decode gained less (68 vs 44.7 tok/s).
-  Session 8's decode changes (sampler, lean LoRA forward, OpenMP pools) do not show here: the benchmark decodes
-  greedily, with no adapter, in one thread.
+Rollouts as a `precision: bf16` learner samples them (`backends.cpu_trainer_setup`: linears stored in bf16, rotary
+cos/sin and so the KV cache in bf16, bf16 autocast) against llama.cpp single-stream on the same prompts
+(llama-cpp-python 0.3.36 built with the command at the top of this doc, Q4_1 GGUF, 2 threads; `python -m
+benchmarks.bench_rollout --threads 2 --bf16-weights --batch-sizes 1,8 --reps 4 --no-extras --no-experiments`,
+`benchmarks/results/rollout_bf16.json`), greedy, paired medians of 4 alternating reps:
+- **this AMD machine (session 9, other jobs paused): batch 8 98.7 tok/s vs llama.cpp 36.9 = 2.34× (pairs
+  2.22–2.86×)** — issue 19's ≥ 2× is met; batch 1 20.8 vs 35.8 (0.56×). Until session 9 the benchmark left out
+  the learner's bf16 rotary hook, so its sampler kept a float32 KV cache (every decoding step `cat`s the whole
+  cache per layer: 36% of a batch-8 decode's CPU time in a profile, the largest item after the matrix products);
+  the same pause, that older benchmark: 69.7 vs 38.1 tok/s = 1.80× (session 8: 68.0 vs 40.8 = 1.70×), so the
+  difference is the KV cache's dtype, not the machine's state. A static KV cache (no `cat`) and
+  `torch.compile` of the decode step with it were no faster here (2.44 vs 2.46 s and 104 vs 110 tok/s, 64
+  tokens × 8 rows, compile 12 s warm / 130 s cold).
 - session 6, Intel/AMX machine (under `session6` in the JSON): batch 8 **44.7 tok/s vs llama.cpp 18.8 = 2.57×**;
   batch 1 10.5 vs 16.2 (0.68×).
 Under bf16 the prefix-cached and the plain path give identical greedy ids at batch 1 but not at batch 8 (bf16
