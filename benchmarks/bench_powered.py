@@ -13,7 +13,8 @@ and continues unfinished ones through ``Session.resume`` (same counters, optimiz
 population), so the grid can be completed across sessions; ``--deadline MIN`` stops the current run at
 the next step boundary (through the run's stop file) so a session can end cleanly. Each finished run
 appends one record to ``benchmarks/results/powered.json`` (written atomically): its config, seed, git
-commit, load average, wall time over all its sessions, the final metrics (read through
+commit, load average, wall time over all its sessions (each process's share written at every RL step, so a
+process killed without warning loses at most one step's time), the final metrics (read through
 :mod:`fst_lab.records`), its validation curve and, for FST, the 2x2 channel ablation.
 
 Fair share of the two loops. The paper's reading (DESIGN.md, App. D: T=6, K=4, G=8, GEPA ~5 passes,
@@ -216,7 +217,22 @@ def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: 
     policy = tiny_policy(seed=0) if smoke else None
     cfg = FSTConfig.from_dict({**cfg_dict, "mode": spec["mode"], "runs_root": str(root), "run_name": spec["name"]})
     segments = _read_segments(root, spec["name"])
-    t0, load0 = time.time(), loadavg()
+    for seg in segments:  # a process killed mid-run left its segment open: its time up to its last step counts
+        if seg.get("ended") is None:
+            seg["ended"], seg["interrupted"] = seg.pop("last_step", None), True
+    t0, load0, m0 = time.time(), loadavg(), machine_info()
+    # This process's segment, written at every RL step (so a kill loses at most one step's time) and closed at the
+    # end; the commit is the code this process runs (HEAD may move while it does).
+    seg = {"seconds": 0.0, "loadavg_start": load0, "git_commit": m0.get("git_commit"),
+           "git_dirty": m0.get("git_dirty"), "ended": None}
+    segments.append(seg)
+
+    def save_segment(closed: bool) -> None:
+        seg.update(seconds=round(time.time() - t0, 1), loadavg_end=loadavg())
+        seg["ended" if closed else "last_step"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        if closed:
+            seg.pop("last_step", None)
+        _write_json(_wall_file(root, spec["name"]), segments)
     s = None
     if RunDir(rd).exists():
         try:
@@ -231,9 +247,10 @@ def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: 
         s = Session(cfg, policy=policy, progress=False)
     stopper = RunDir(rd)
 
-    def watch(rec: dict) -> None:  # a step boundary: stop here if this session's time is up
+    def watch(rec: dict) -> None:  # a step boundary: record the time so far; stop here if this session's is up
         if rec.get("kind") != "slow":
             return
+        save_segment(closed=False)
         if (stop_after is not None and rec["rl_step"] >= stop_after) or \
                 (deadline is not None and time.time() > deadline):
             stopper.request_stop()
@@ -249,9 +266,7 @@ def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: 
         metrics = list(s.metrics)
     finally:
         s.close()
-        segments.append({"seconds": round(time.time() - t0, 1), "loadavg_start": load0, "loadavg_end": loadavg(),
-                         "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
-        _write_json(_wall_file(root, spec["name"]), segments)
+        save_segment(closed=True)
         import gc
 
         gc.collect()  # a run holds a policy, a trainer and its optimizer: free them before the next
@@ -259,9 +274,9 @@ def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: 
         return None
     evals = [{k: r.get(k) for k in EVAL_KEEP} for r in records.of_kind(metrics, "eval")]
     last_slow = records.latest(metrics, "slow")
-    m = machine_info()
     return {**spec, "config": {k: v for k, v in cfg.to_dict().items() if k not in ("runs_root",)},
-            "git_commit": m.get("git_commit"), "git_dirty": m.get("git_dirty"),
+            "git_commit": seg["git_commit"], "git_dirty": seg["git_dirty"],  # of the process that finished it
+            "git_commits": list(dict.fromkeys(x["git_commit"] for x in segments if x.get("git_commit"))),
             "seconds": round(sum(x["seconds"] for x in segments), 1), "segments": segments,
             "loadavg": [x["loadavg_end"][0] for x in segments if x.get("loadavg_end")],
             "counters": records.counter_fields(s.counters), "status": {k: status[k] for k in ("rl_step", "fast_round",

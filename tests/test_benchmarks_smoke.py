@@ -151,6 +151,43 @@ def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
     assert "Missing (not started): hover-rl-s0" in more
 
 
+@pytest.mark.slow
+def test_powered_run_killed_mid_run_keeps_its_time_to_its_last_step(tmp_path):
+    """A grid process killed without warning (kill -9, a session's hard end) leaves its wall-time segment as of
+    its last RL step; the resumed run counts that time, marks the segment interrupted and records the commit
+    each process ran."""
+    import subprocess
+    import sys
+
+    from benchmarks import bench_powered as bp
+    from benchmarks.common import REPO
+
+    child = (  # dies (os._exit, no finally blocks) right after it wrote its first step-boundary segment
+        "import os, sys\n"
+        "from benchmarks import bench_powered as bp\n"
+        "write = bp._write_json\n"
+        "def write_then_die(path, data):\n"
+        "    write(path, data)\n"
+        "    if path.name.endswith('.segments.json') and data[-1].get('ended') is None:\n"
+        "        os._exit(137)\n"
+        "bp._write_json = write_then_die\n"
+        "bp.main(sys.argv[1:])\n")
+    out = tmp_path / "res"
+    args = ["--smoke", "--out", str(out), "--only", "math-rl-s0"]
+    proc = subprocess.run([sys.executable, "-c", child, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    left = json.loads((out / "runs" / "math-rl-s0.segments.json").read_text())
+    assert len(left) == 1 and left[0]["ended"] is None and left[0]["seconds"] > 0 and left[0]["last_step"]
+
+    rec = bp.main(args)["runs"][0]
+    first, second = rec["segments"]
+    assert first["interrupted"] and first["seconds"] == left[0]["seconds"] and first["ended"] == left[0]["last_step"]
+    assert second["ended"] and not second.get("interrupted")
+    assert rec["seconds"] == pytest.approx(first["seconds"] + second["seconds"], abs=0.2)
+    assert rec["git_commit"] == second["git_commit"] and rec["git_commits"] == [first["git_commit"]]
+    assert rec["counters"]["rl_step"] == 2
+
+
 def test_powered_analysis_bands_and_reach():
     """The analysis on hand-made runs: band = mean and bootstrap range over seeds, reach of RL's final mean."""
     from benchmarks import bench_powered as bp
