@@ -10,7 +10,8 @@ Every (task, mode, seed) is one run directory under ``benchmarks/runs/powered/``
 ``<task>-<mode>-s<seed>`` (``-<variant>`` appended for variants). The modes ``fst``, ``rl`` and ``gepa``
 run from one config per task that differs only in ``mode``. Re-invoking the runner skips finished runs
 and continues unfinished ones through ``Session.resume`` (same counters, optimizer state and
-population), so the grid can be completed across sessions; ``--deadline MIN`` stops the current run at
+population), so the grid can be completed across sessions; a run another process is driving (its lock beside
+the run directory) is skipped; ``--deadline MIN`` stops the current run at
 the next step boundary (through the run's stop file) so a session can end cleanly. Each finished run
 appends one record to ``benchmarks/results/powered.json`` (written atomically): its config, seed, git
 commit, load average, wall time over all its sessions (each process's share written at every RL step, so a
@@ -34,6 +35,7 @@ needs to reach RL-only's final mean reward; KL to the start weights at matched r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -696,9 +698,9 @@ def run(args) -> dict:
         return commit(out, res)  # the planned grid, share and estimate go into the results file (nothing runs)
     if args.variant == "gemma_reflector" and set(args.modes) - {"rl"}:
         serve_gemma()
-    done = {r["name"] for r in res["runs"]}
     deadline = time.time() + args.deadline * 60 if args.deadline else None
     for spec in specs:
+        done = {r["name"] for r in (load_result(out, NAME) or res).get("runs", [])}  # another process may have added some
         if spec["name"] in done:
             print(f"skip {spec['name']}: finished (in {out / (NAME + '.json')})", flush=True)
             continue
@@ -707,17 +709,36 @@ def run(args) -> dict:
             break
         cfg = apply_variant(base_config(spec["task"], spec["seed"], smoke), spec["variant"], spec["mode"])
         print(f"[{time.strftime('%H:%M:%S')}] {spec['name']} (load {loadavg()})", flush=True)
-        rec = run_one(spec, cfg, root, smoke=smoke, stop_after=args.stop_after_steps, deadline=deadline)
+        with _claim(root, spec["name"]) as mine:
+            if not mine:
+                print(f"skip {spec['name']}: another process is running it", flush=True)
+                continue
+            rec = run_one(spec, cfg, root, smoke=smoke, stop_after=args.stop_after_steps, deadline=deadline)
         if rec is None:
             print(f"    stopped before the end: {root / spec['name']} resumes on the next invocation", flush=True)
             res = commit(out, res, started=spec["name"])
             continue
-        done.add(spec["name"])
         res = commit(out, res, finished=rec)  # atomic, after every finished run
         print(f"    {rec['seconds']:.0f}s, val {[round(e['reward'], 3) for e in rec['evals']]}", flush=True)
     res = commit(out, res)
     finish(res, out, smoke, root)
     return res
+
+
+@contextlib.contextmanager
+def _claim(root: Path, name: str):
+    """Yields whether this process holds run ``name``: an exclusive, non-blocking ``flock`` on a file beside its run
+    directory, held while the run is worked on, so two grid processes never drive one run directory at once.
+    The kernel drops the lock when its process ends, however it ends (kill -9 included): no stale locks."""
+    import fcntl
+
+    with open(root / f"{name}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def commit(out: Path, res: dict, *, finished: dict | None = None, started: str | None = None) -> dict:

@@ -188,6 +188,25 @@ def test_powered_run_killed_mid_run_keeps_its_time_to_its_last_step(tmp_path):
     assert rec["counters"]["rl_step"] == 2
 
 
+def test_powered_run_held_by_another_process_is_skipped_not_driven_twice(tmp_path, capsys):
+    """Two grid processes on one results file: a run another process holds (its lock beside the run directory)
+    is skipped, not resumed under it; once released, the next invocation runs it."""
+    import fcntl
+
+    from benchmarks import bench_powered as bp
+
+    out = tmp_path / "res"
+    (out / "runs").mkdir(parents=True)
+    args = ["--smoke", "--out", str(out), "--only", "math-gepa-s0"]
+    with open(out / "runs" / "math-gepa-s0.lock", "w") as other:  # what the other process holds
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = bp.main(args)
+        assert "skip math-gepa-s0: another process is running it" in capsys.readouterr().out
+        assert res["runs"] == [] and not (out / "runs" / "math-gepa-s0").exists()
+    res = bp.main(args)
+    assert [r["name"] for r in res["runs"]] == ["math-gepa-s0"] and res["runs"][0]["counters"]["fast_round"] == 2
+
+
 def test_powered_analysis_bands_and_reach():
     """The analysis on hand-made runs: band = mean and bootstrap range over seeds, reach of RL's final mean."""
     from benchmarks import bench_powered as bp
