@@ -757,7 +757,9 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
         cur = load_result(out, NAME) or {}
         merged = {**cur, **{k: v for k, v in res.items() if k not in ("runs", "grid", "commands", "configs",
                                                                         "in_progress")}}
-        runs = {r["name"]: r for r in cur.get("runs", []) + res.get("runs", [])}
+        # The file's records win over this process's copies (read when it started; another process may have
+        # re-recorded one since); only what this process just finished replaces a record.
+        runs = {r["name"]: r for r in res.get("runs", []) + cur.get("runs", [])}
         if finished is not None:
             runs[finished["name"]] = finished
         merged["runs"] = list(runs.values())

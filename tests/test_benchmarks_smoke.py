@@ -207,6 +207,23 @@ def test_powered_run_held_by_another_process_is_skipped_not_driven_twice(tmp_pat
     assert [r["name"] for r in res["runs"]] == ["math-gepa-s0"] and res["runs"][0]["counters"]["fast_round"] == 2
 
 
+def test_powered_commit_keeps_the_files_newer_records_over_a_stale_copy(tmp_path):
+    """A process commits with the records it read at its start: another process's newer record of the same run,
+    written since, survives; the run this process finished replaces its own."""
+    from benchmarks import bench_powered as bp
+    from benchmarks.common import load_result
+
+    def rec(name, seconds):
+        return {"name": name, "task": "math", "mode": "gepa", "seed": 0, "variant": "default", "seconds": seconds,
+                "evals": [{"samples": 0, "rl_step": 0, "reward": 0.5}], "counters": {}, "final": {}, "ablation": None}
+
+    stale = bp.commit(tmp_path, {"runs": [rec("math-gepa-s0", 1.0)]})  # what a second process read at its start
+    bp.commit(tmp_path, {"runs": []}, finished=rec("math-gepa-s0", 2.0))  # the first process re-records it
+    bp.commit(tmp_path, stale, finished=rec("math-gepa-s1", 3.0))  # the second process finishes another run
+    runs = {r["name"]: r["seconds"] for r in load_result(tmp_path, "powered")["runs"]}
+    assert runs == {"math-gepa-s0": 2.0, "math-gepa-s1": 3.0}
+
+
 def test_powered_analysis_bands_and_reach():
     """The analysis on hand-made runs: band = mean and bootstrap range over seeds, reach of RL's final mean."""
     from benchmarks import bench_powered as bp
