@@ -392,6 +392,15 @@ def analyse(res: dict) -> dict:
                                 "mean": boot_mean([h for h in hits if h is not None])}
                     reach[m] = d
                 a["reach"] = reach
+                # Final running-max reward minus RL-only's, paired by seed (same seed = same problems and start)
+                rl_final = {r["seed"]: curve(r, "samples")[1][-1] for r in rl}
+                a["final_vs_rl"] = {}
+                for m in ("fst", "gepa"):
+                    diffs = [curve(r, "samples")[1][-1] - rl_final[r["seed"]] for r in by_mode.get(m, [])
+                             if r["seed"] in rl_final]
+                    if diffs:
+                        a["final_vs_rl"][m] = {"per_seed": diffs, "diff": boot_mean(diffs),
+                                               "better": sum(d > 0 for d in diffs), "n": len(diffs)}
                 # FST's advantage: RL's samples (steps) to the target / FST's, paired by seed
                 if "fst" in by_mode:
                     seeds_rl = {r["seed"]: r for r in rl}
@@ -544,6 +553,12 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     if rows:
         out += ["Samples and RL steps to reach RL-only's final mean reward: mean over the seeds that reached it "
                 "[95% bootstrap interval] (n = seeds that reached it).", "", table(rows), ""]
+    drows = [{"variant/task": key, "mode": m, "mean [95%] (paired by seed)": _ci(d["diff"]),
+              "seeds above RL-only": f"{d['better']}/{d['n']}",
+              "per seed": " ".join(f"{x:+.3f}" for x in d["per_seed"])}
+             for key, a in an.items() for m, d in a.get("final_vs_rl", {}).items()]
+    if drows:
+        out += ["Final running-max validation reward minus RL-only's, same seed:", "", table(drows), ""]
     srows = []
     for key, a in an.items():
         if "speedup_samples" in a:

@@ -244,6 +244,9 @@ def test_powered_analysis_bands_and_reach():
     reach = a["reach"]
     assert reach["fst"]["rl_step"]["per_seed"] == [1, None] and reach["rl"]["rl_step"]["per_seed"] == [None, 2]
     assert a["speedup_rl_step"]["n"] == 0  # no seed where both reached it: no ratio, rather than a made-up one
+    fv = a["final_vs_rl"]["fst"]  # running max 0.5 vs 0.4 (seed 0), 0.4 vs 0.6 (seed 1)
+    assert fv["per_seed"] == pytest.approx([0.1, -0.2]) and fv["diff"]["mean"] == pytest.approx(-0.05)
+    assert fv["better"] == 1 and "gepa" not in a["final_vs_rl"]
     text = bp.markdown({"runs": runs, "analysis": {"default/math": a}, "grid": [r["name"] for r in runs]})
     assert "4 of 4 runs finished" in text and "Missing" not in text
 
