@@ -331,6 +331,30 @@ def first_reach(c: tuple[list, list], target: float) -> float | None:
     return None
 
 
+def crossing(curves: list[tuple[list, list]], target: float, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Where the seeds' mean running-max curve first reaches ``target``, with a 95% bootstrap interval over
+    seeds (resampled with replacement; a resample whose mean curve never reaches it counts as beyond the last
+    point). Unlike the per-seed reach, every seed counts, reached or not. ``hi`` is None when more than 2.5% of
+    the resamples never reach it; ``never`` is that fraction."""
+    def cross(cs):
+        xs = sorted({x for c in cs for x in c[0]})
+        for x in xs:
+            vals = [v for v in (step_value(c, x) for c in cs) if v is not None]
+            if len(vals) == len(cs) and statistics.fmean(vals) >= target - 1e-12:
+                return x
+        return None
+
+    if not curves:
+        return {"point": None, "lo": None, "hi": None, "never": None, "n": 0}
+    rng = random.Random(seed)
+    draws = [cross(rng.choices(curves, k=len(curves))) for _ in range(n_boot)]
+    inf = float("inf")
+    ranked = sorted(inf if d is None else d for d in draws)
+    lo, hi = ranked[int(0.025 * n_boot)], ranked[max(0, int(0.975 * n_boot) - 1)]
+    return {"point": cross(curves), "lo": None if lo == inf else lo, "hi": None if hi == inf else hi,
+            "never": sum(d is None for d in draws) / n_boot, "n": len(curves)}
+
+
 def kl_points(run: dict) -> list[tuple[float, float]]:
     pts = []
     for e in run["evals"]:
@@ -392,6 +416,9 @@ def analyse(res: dict) -> dict:
                                 "mean": boot_mean([h for h in hits if h is not None])}
                     reach[m] = d
                 a["reach"] = reach
+                a["crossing"] = {m: {x: crossing([curve(r, x) for r in rr], target)
+                                     for x in (("samples", "rl_step") if m != "gepa" else ("samples",))}
+                                 for m, rr in by_mode.items()}
                 # Final running-max reward minus RL-only's, paired by seed (same seed = same problems and start)
                 rl_final = {r["seed"]: curve(r, "samples")[1][-1] for r in rl}
                 a["final_vs_rl"] = {}
@@ -553,6 +580,19 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     if rows:
         out += ["Samples and RL steps to reach RL-only's final mean reward: mean over the seeds that reached it "
                 "[95% bootstrap interval] (n = seeds that reached it).", "", table(rows), ""]
+    def _cross(c):
+        if not c or c["point"] is None and c["lo"] is None:
+            return "not reached"
+        pt = "not reached" if c["point"] is None else f"{c['point']:g}"
+        return f"{pt} [{c['lo']:g}, {'not reached' if c['hi'] is None else format(c['hi'], 'g')}]"
+
+    crows = [{"variant/task": key, "mode": m, "samples": _cross(c.get("samples")), "RL steps": _cross(c.get("rl_step"))
+              if "rl_step" in c else "–", "resamples never reaching it": f"{c['samples']['never']:.0%}"}
+             for key, a in an.items() for m, c in a.get("crossing", {}).items()]
+    if crows:
+        out += ["Where the seeds' *mean* running-max curve first reaches RL-only's final mean reward (every seed "
+                "counts; 95% bootstrap over seeds; RL-only's own mean reaches it at its last point by construction):",
+                "", table(crows), ""]
     drows = [{"variant/task": key, "mode": m, "mean [95%] (paired by seed)": _ci(d["diff"]),
               "seeds above RL-only": f"{d['better']}/{d['n']}",
               "per seed": " ".join(f"{x:+.3f}" for x in d["per_seed"])}

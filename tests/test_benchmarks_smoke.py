@@ -244,6 +244,10 @@ def test_powered_analysis_bands_and_reach():
     reach = a["reach"]
     assert reach["fst"]["rl_step"]["per_seed"] == [1, None] and reach["rl"]["rl_step"]["per_seed"] == [None, 2]
     assert a["speedup_rl_step"]["n"] == 0  # no seed where both reached it: no ratio, rather than a made-up one
+    cr = a["crossing"]["fst"]["samples"]  # mean curve over both seeds: 0.2, 0.45, 0.45 at 0, 36, 72 -> never 0.5
+    assert cr["point"] is None and cr["n"] == 2 and 0 < cr["never"] < 1  # resampling seed 0 twice reaches it at 36
+    assert cr["lo"] == 36 and cr["hi"] is None
+    assert a["crossing"]["rl"]["rl_step"]["point"] == 2  # RL's mean (0.2, 0.25, 0.5) reaches its own final mean last
     fv = a["final_vs_rl"]["fst"]  # running max 0.5 vs 0.4 (seed 0), 0.4 vs 0.6 (seed 1)
     assert fv["per_seed"] == pytest.approx([0.1, -0.2]) and fv["diff"]["mean"] == pytest.approx(-0.05)
     assert fv["better"] == 1 and "gepa" not in a["final_vs_rl"]
