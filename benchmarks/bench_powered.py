@@ -580,6 +580,7 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     if rows:
         out += ["Samples and RL steps to reach RL-only's final mean reward: mean over the seeds that reached it "
                 "[95% bootstrap interval] (n = seeds that reached it).", "", table(rows), ""]
+
     def _cross(c):
         if not c or c["point"] is None and c["lo"] is None:
             return "not reached"
@@ -755,7 +756,8 @@ def run(args) -> dict:
         serve_gemma()
     deadline = time.time() + args.deadline * 60 if args.deadline else None
     for spec in specs:
-        done = {r["name"] for r in (load_result(out, NAME) or res).get("runs", [])}  # another process may have added some
+        # re-read: another process may have finished runs since this one started
+        done = {r["name"] for r in (load_result(out, NAME) or res).get("runs", [])}
         if spec["name"] in done:
             print(f"skip {spec['name']}: finished (in {out / (NAME + '.json')})", flush=True)
             continue
