@@ -449,16 +449,42 @@ per HoVer RL step (fp32, 1 thread), 460–590 s per consolidation; a HoVer FST r
 one at a time on a 24 GB machine.
 """,
     "powered": """
-**Status (2026-12-01, session 8): 8 of 30 runs finished — all five math GEPA-only seeds, math RL-only seeds 0
-and 1, math FST seed 0 — one more in progress (math-rl-s2, resumable from its run directory on this machine).**
-They ran one thread per process, two processes side by side, on the AMD machine after issue 19's speed work
-(an RL step of 32 rollouts ~55–65 s, a math RL-only run 28–33 min, a GEPA-only run 7–9 min). No HoVer run yet. The
-table and plots above show what exists; **no comparison of the three modes can be drawn yet**: two RL-only
-seeds and one FST seed give no interval, and every per-mode figure above is a mean over the seeds that exist.
-What the finished runs show so far, as single observations: RL-only climbs steadily over its 30 steps (0.484 →
-0.703, 0.547 → 0.734 running max on 64 problems); GEPA-only's running max ends at 0.675 [0.609, 0.772] over five
-seeds with 137–168 learning samples, against 960 for an RL-only run. The math rows of the grid need ~2 h more
-(3 RL-only + 4 FST runs at two processes); HoVer's 15 runs ~2× math's per run.
+**The question.** At the paper's ratio of fast-loop to slow-loop samples, does FST (GEPA rounds interleaved
+with RL, rollouts spread over the harness population) learn more per sample than RL-only, and what does
+GEPA-only reach? **The setting**: SmolLM2-135M-Instruct (the embedded policy), math level 1, 30 RL steps of
+4 problems × G = 8, T = 6, K = 4, CISPO, LoRA r = 16, bf16 on CPU; a fixed 64-problem validation set, greedy
+mean@1, evaluated every 6 RL steps; 5 seeds per mode, one config differing only in `mode` (seed = problem
+order and initial sampling). Every interval is a 95% bootstrap over seeds.
+
+**Math: the grid is complete (5 seeds × 3 modes, session 9).** Final running-max validation reward: **FST 0.850
+[0.759, 0.925], RL-only 0.741 [0.716, 0.766], GEPA-only 0.675 [0.609, 0.772]**. Paired by seed, **FST − RL-only
+= +0.109 [+0.031, +0.175]**, FST above RL-only in 4 of 5 seeds (−0.031, +0.219, +0.109, +0.141, +0.109);
+GEPA-only − RL-only = −0.066 [−0.150, +0.034] (1 of 5 above). FST spends 1,092–1,128 learning samples against
+RL-only's 960 (its GEPA rounds are 12–15% of them, the paper's share). The seeds' mean FST curve reaches
+RL-only's final mean (0.741) at **440 samples [433, 1,128] / RL step 12 [12, 30]** (bootstrap over seeds, every
+seed counted), against 960 / step 30 for RL-only's own mean curve by construction: 2.2× fewer samples at the
+point estimate, ~0.85× at the interval's far end. (The per-seed "reach" columns count only the seeds that
+reached the target — FST 4 of 5, at 215, 433, 436 and 884 samples; RL-only reaches its own mean in 2 of 5 by
+construction — so the per-seed ratio rests on one seed and says little.) The 2×2 ablation says both channels
+carry it, about additively: from base weights + seed harness 0.528, the evolved harness alone gives 0.691
+[0.581, 0.781], the trained weights alone 0.719 [0.694, 0.738], both 0.841 [0.753, 0.916]. KL to the start
+weights at matched reward, FST / RL-only: 0.73 [0.25, 1.30] per seed 0.95, 0.02, 0.67, 0.21, 1.78 — **no KL
+difference can be claimed**. Wall time per run: FST 2,523 s [2,327, 2,730], RL-only 1,877 s [1,708, 2,073],
+GEPA-only 434 s (one thread, a second run on the other core).
+
+**What the data support.** On this task, model and budget, FST ends higher than RL-only at the same number of
+RL steps and ~15% more samples, by about 0.11 of validation reward (an interval clear of zero, 5 seeds), and
+both the evolved harness and the trained weights contribute to it; GEPA-only alone does not beat RL-only. The
+size of the gain varies a lot between seeds (−0.03 to +0.22), driven by whether an early GEPA round finds a
+better harness (seed 0's never did: its ablation is flat in the harness). **They do not support**: a claim
+about KL (interval spans 1), a sample-efficiency factor (2.2× at the point, but the interval reaches past RL-only's 960
+samples), anything about HoVer (no run yet) or about a stronger reflector (the Gemma variant has started,
+see below). Running maxima over 6 evaluation points are optimistic for every mode alike; GEPA selects its
+harnesses on training problems, never on the validation set.
+
+**Status (session 9): 15 of 30 runs** — math complete; the 15 HoVer runs not started; Gemma-reflector variant
+GEPA-only 4 of 5 seeds, FST not started. A HoVer run costs ~2× a math run per rollout (two turns); a HoVer FST run peaked at 11–19 GB
+(fp32, session 6), so one HoVer process at a time on a 24 GB machine.
 
 - *How the paper's share was matched.* Same T = 6, K = 4, G = 8 and 5 GEPA passes as the paper; every
   batch scaled by 1/8 from `configs/paper/math.yaml` (32 -> 4 problems per RL step, 32/32 -> 4/4 GEPA
@@ -466,9 +492,11 @@ seeds with 137–168 learning samples, against 960 for an RL-only run. The math 
   the paper config's 288 of 1824; `bench_efficiency` spent 53%. The price of the small GEPA sets: a round
   has room for at most 2 proposals (1 reflective, 1 bootstrap) and decides acceptance on 4 validation
   examples.
-- *Measured cost, session 8* (the "measured at full size" line above is recomputed from the run directories):
-  math-rl-s0 1,687 s and math-rl-s1 1,973 s (1 thread, a second run or the test suite on the other core);
-  math-fst-s0 ran at 1 thread for 26 RL steps and 5 GEPA rounds, was killed (kill -9) and resumed from its last
+- *Measured cost, sessions 8–9* (the "measured at full size" line above is recomputed from the run
+  directories): one thread per run, a second run (and at times the test suite) on the other core; RL-only
+  1,647–2,209 s, FST 2,231–2,922 s, GEPA-only 400–541 s. In session 9 a grid process started on older code
+  (without the run lock) re-opened math-fst-s4 after another process had finished it and repeated its
+  ablation (88 s); the record kept the first result and that segment was removed. math-fst-s0 ran at 1 thread for 26 RL steps and 5 GEPA rounds, was killed (kill -9) and resumed from its last
   checkpoint at 2 threads for its last 4 steps — the crash-safe resume path, on a real run. Session 6's first
   attempt at math-fst-s0 (Intel machine, 8 steps) was in a run directory of that machine and did not carry over;
   it was run again from the start here.
@@ -479,6 +507,10 @@ seeds with 137–168 learning samples, against 960 for an RL-only run. The math 
   the command the variant prints. Probed greedily with a reflection-style prompt, the base model echoes
   the prompt (with a plain `user:/assistant:` template it writes `1.1.1...`), so expect it to add few
   usable reflective proposals; the variant shows that, it cannot show a stronger reflector helping.
+  *Session 9, GEPA-only with Gemma reflecting, seeds 0–3* (`--variant gemma_reflector --modes gepa`, 414–481 s
+  per run, 136–165 learning samples): final running max 0.484, 0.797, 0.594, 0.734 = 0.652 [0.539, 0.781]
+  against 0.641, 0.859, 0.672, 0.594 with the policy reflecting on the same seeds (paired −0.039; 1 of 4 higher):
+  no sign that this reflector moves the result. FST with Gemma (5 runs) and GEPA-only seed 4 remain.
 """,
 }
 
