@@ -377,8 +377,9 @@ benchmarks.bench_rollout --threads 2 --bf16-weights --batch-sizes 1,8 --reps 4 -
 `benchmarks/results/rollout_bf16.json`), greedy, paired medians of 4 alternating reps:
 - **this AMD machine (session 9, other jobs paused): batch 8 98.7 tok/s vs llama.cpp 36.9 = 2.34× (pairs
   2.22–2.86×)** — issue 19's ≥ 2× is met; batch 1 20.8 vs 35.8 (0.56×). Until session 9 the benchmark left out
-  the learner's bf16 rotary hook, so its sampler kept a float32 KV cache (every decoding step `cat`s the whole
-  cache per layer: 36% of a batch-8 decode's CPU time in a profile, the largest item after the matrix products);
+  the learner's bf16 rotary hook, so its sampler kept a float32 KV cache: twice the bytes that every decoding step
+  `cat`s per layer, plus a cast of the whole cache to bf16 for attention (even with the bf16 cache, `cat` is 36%
+  of a batch-8 decode's CPU time in a profile, second to the matrix products' 38%);
   the same pause, that older benchmark: 69.7 vs 38.1 tok/s = 1.80× (session 8: 68.0 vs 40.8 = 1.70×), so the
   difference is the KV cache's dtype, not the machine's state. A static KV cache (no `cat`) and
   `torch.compile` of the decode step with it were no faster here (2.44 vs 2.46 s and 104 vs 110 tok/s, 64
