@@ -469,7 +469,7 @@ reached the target — FST 4 of 5, at 215, 433, 436 and 884 samples; RL-only rea
 construction — so the per-seed ratio rests on one seed and says little.) The 2×2 ablation says both channels
 carry it, about additively: from base weights + seed harness 0.528, the evolved harness alone gives 0.691
 [0.581, 0.781], the trained weights alone 0.719 [0.694, 0.738], both 0.841 [0.753, 0.916]. KL to the start
-weights at matched reward, FST / RL-only: 0.73 [0.25, 1.30] per seed 0.95, 0.02, 0.67, 0.21, 1.78 — **no KL
+weights at matched reward, FST / RL-only: 0.73 [0.25, 1.30], per seed 0.95, 0.02, 0.67, 0.21, 1.78 — **no KL
 difference can be claimed**. Wall time per run: FST 2,523 s [2,327, 2,730], RL-only 1,877 s [1,708, 2,073],
 GEPA-only 434 s (one thread, a second run on the other core).
 
