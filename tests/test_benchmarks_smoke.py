@@ -6,6 +6,7 @@ rendered doc go to a temporary directory, never to benchmarks/results or docs/.
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -254,6 +255,55 @@ def test_powered_analysis_bands_and_reach():
     text = bp.markdown({"runs": runs, "analysis": {"default/math": a}, "grid": [r["name"] for r in runs]})
     assert "4 of 4 runs finished" in text and "Missing" not in text
 
+
+
+def test_powered_cost_is_measured_per_task_and_left_runs_are_priced(tmp_path):
+    """Cost from hand-made run directories: eval seconds per rollout only within one process (a resumed
+    process's first eval is not timed across the gap), an unmeasured task scaled from math by the eval ratio,
+    the unfinished runs priced by how far their directories got, one continue command per (task, variant)."""
+    from benchmarks import bench_powered as bp
+
+    def write(name, recs):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text("mode: rl\n")
+        (d / "events.jsonl").write_text("")
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    def rec(kind, t, ts, **kw):  # t: seconds since its process started; ts: seconds since 10:00 (wall clock)
+        stamp = datetime.datetime(2026, 12, 1, 10, tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=ts)
+        return {"kind": kind, "time": t, "ts": stamp.isoformat(), **kw}
+
+    write("math-rl-s0", [rec("eval", 30, 0, n=64, k=1, rl_step=0),                   # first record: not timed
+                         rec("slow", 90, 60, step_seconds=60.0, rl_step=1),
+                         rec("eval", 122, 92, n=64, k=1, rl_step=1),                  # 32 s / 64 = 0.5 s
+                         rec("slow", 50, 600, step_seconds=40.0, rl_step=2),          # resumed: a new process
+                         rec("eval", 60, 610, n=64, k=1, rl_step=2)])                 # 10 s / 64
+    write("math-gepa-s0", [rec("fast", 20, 0, seconds=20.0, rollouts=30, fast_round=1)])
+    write("hover-rl-s0", [rec("slow", 200, 0, step_seconds=200.0, rl_step=1),
+                          rec("eval", 264, 64, n=64, k=1, rl_step=1),                 # 1.0 s per rollout
+                          rec("slow", 600, 3000, step_seconds=220.0, rl_step=3),
+                          rec("eval", 650, 3600, n=64, k=1, rl_step=3)])              # ts says 600 s: skipped
+    c = bp.measured_costs(tmp_path)
+    assert c["math"]["step"] == (50.0, 2) and c["math"]["round"] == (20.0, 1)
+    assert c["math"]["eval"][0] == pytest.approx((0.5 + 10 / 64) / 2) and c["math"]["eval"][1] == 2
+    assert c["hover"]["eval"] == (1.0, 1) and c["hover"]["round"] is None
+    hours, notes = bp.run_hours(c, "hover")
+    scale = 1.0 / c["math"]["eval"][0]
+    assert notes == [f"round = math's x {scale:.1f}"]
+    assert hours["gepa"] == pytest.approx((5 * 20.0 * scale + 6 * 64 * 1.0) / 3600)
+    assert hours["rl"] == pytest.approx((30 * 210.0 + 6 * 64 * 1.0) / 3600)
+    assert bp.run_progress(tmp_path, "hover-rl-s0") == pytest.approx(3 / 30)
+    assert bp.run_progress(tmp_path, "math-gepa-s0") == pytest.approx(1 / 5)
+    res = {"grid": ["math-rl-s0", "hover-rl-s0", "hover-fst-s0", "math-fst-s0-gemma_reflector"], "runs": [
+        {"name": "math-rl-s0"}]}
+    text = bp.measured_estimate(tmp_path, res)
+    left = hours["rl"] * 0.9 + hours["fst"] + bp.run_hours(c, "math")[0]["fst"]
+    assert f"Left: 3 runs ≈ {left:.0f} CPU-hours" in text and "hover-rl-s0 10% done" in text
+    cmds = bp.continue_commands(["hover-rl-s0", "hover-fst-s0", "math-fst-s0-gemma_reflector",
+                                 "math-gepa-s1-gemma_reflector"])
+    assert len(cmds) == 2 and "--tasks hover --modes rl,fst --deadline" in cmds[0]
+    assert "--tasks math --modes fst,gepa --variant gemma_reflector" in cmds[1]
 
 @pytest.mark.slow
 def test_learning_smoke_records_each_variant_and_skips_finished(tmp_path):
