@@ -12,10 +12,10 @@ run from one config per task that differs only in ``mode``. Re-invoking the runn
 and continues unfinished ones through ``Session.resume`` (same counters, optimizer state and
 population), so the grid can be completed across sessions; a run another process is driving (its lock beside
 the run directory) is skipped; ``--deadline MIN`` stops the current run at
-the next step boundary (through the run's stop file) so a session can end cleanly. Each finished run
+the next RL step or GEPA round (through the run's stop file) so a session can end cleanly. Each finished run
 appends one record to ``benchmarks/results/powered.json`` (written atomically): its config, seed, git
-commit, load average, wall time over all its sessions (each process's share written at every RL step, so a
-process killed without warning loses at most one step's time), the final metrics (read through
+commit, load average, wall time over all its sessions (each process's share written at every RL step and
+GEPA round, so a process killed without warning loses at most one step's time), the final metrics (read through
 :mod:`fst_lab.records`), its validation curve and, for FST, the 2x2 channel ablation.
 
 Fair share of the two loops. The paper's reading (DESIGN.md, App. D: T=6, K=4, G=8, GEPA ~5 passes,
@@ -217,8 +217,8 @@ def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: 
         if seg.get("ended") is None:
             seg["ended"], seg["interrupted"] = seg.pop("last_step", None), True
     t0, load0, m0 = time.time(), loadavg(), machine_info()
-    # This process's segment, written at every RL step (so a kill loses at most one step's time) and closed at the
-    # end; the commit is the code this process runs (HEAD may move while it does).
+    # This process's segment, written at every RL step and GEPA round (so a kill loses at most one step's time) and
+    # closed at the end; the commit is the code this process runs (HEAD may move while it does).
     seg = {"seconds": 0.0, "loadavg_start": load0, "git_commit": m0.get("git_commit"),
            "git_dirty": m0.get("git_dirty"), "ended": None}
     segments.append(seg)
@@ -244,7 +244,7 @@ def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: 
     stopper = RunDir(rd)
 
     def watch(rec: dict) -> None:  # a step boundary: record the time so far; stop here if this session's is up
-        if rec.get("kind") != "slow":
+        if rec.get("kind") not in ("slow", "fast"):  # an RL step or a GEPA round (GEPA-only runs have only those)
             return
         save_segment(closed=False)
         if (stop_after is not None and rec["rl_step"] >= stop_after) or \
@@ -733,15 +733,15 @@ def run_hours(costs: dict, task: str) -> tuple[dict, list[str]]:
 
 
 def run_progress(root: Path, name: str) -> float:
-    """Fraction of run ``name`` done, from its run directory's counters (0 when it has none)."""
+    """Fraction of run ``name`` done, from its run directory's config and last counters (0 when it has none)."""
     from fst_lab.runs import is_run_dir, load_run
 
     d = Path(root) / name
     if not (d.is_dir() and is_run_dir(d)):
         return 0.0
-    counters = (load_run(d).metrics or [{}])[-1]
-    c = base_config(name.split("-")[0], 0, False)
-    if "-gepa-" in name:
+    run = load_run(d)
+    counters, c = (run.metrics or [{}])[-1], run.config
+    if c.get("mode") == "gepa":
         return min(1.0, counters.get("fast_round", 0) / c["cycles"])
     return min(1.0, counters.get("rl_step", 0) / (c["cycles"] * c["steps_per_cycle"]))
 
@@ -927,7 +927,8 @@ def main(argv=None) -> dict:
         p.add_argument("--only", default=None, help="comma-separated run names, e.g. math-fst-s0")
         p.add_argument("--runs-root", default=None, help=f"run directories (default {RUNS_ROOT.relative_to(REPO)})")
         p.add_argument("--deadline", type=float, default=None,
-                       help="minutes: stop the current run at the next RL step after this (it resumes next time)")
+                       help="minutes: stop the current run at the next RL step or GEPA round after this (it resumes "
+                            "next time)")
         p.add_argument("--stop-after-steps", type=int, default=None,
                        help="stop each run of this invocation once it has this many RL steps (as a session's end "
                             "would; the next invocation resumes it)")

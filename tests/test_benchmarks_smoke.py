@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,25 @@ def test_powered_run_killed_mid_run_keeps_its_time_to_its_last_step(tmp_path):
     assert rec["counters"]["rl_step"] == 2
 
 
+
+def test_powered_gepa_only_run_stops_at_a_round_under_the_deadline_and_keeps_its_time(tmp_path):
+    """GEPA-only runs have no RL steps: a GEPA round is their boundary. A deadline already past stops the run
+    after its first round with its time written; the next invocation resumes it to the end and sums both."""
+    from benchmarks import bench_powered as bp
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    spec = bp.grid(["math"], ["gepa"], [0], "default")[0]
+    cfg = bp.apply_variant(bp.base_config("math", 0, True), "default", "gepa")
+    assert bp.run_one(spec, cfg, root, smoke=True, stop_after=None, deadline=time.time() - 1) is None
+    left = json.loads((root / "math-gepa-s0.segments.json").read_text())
+    assert left[0]["seconds"] > 0 and left[0]["ended"]
+    assert bp.run_progress(root, "math-gepa-s0") == pytest.approx(1 / 2)  # one of the smoke config's 2 rounds
+    rec = bp.run_one(spec, cfg, root, smoke=True, stop_after=None, deadline=None)
+    assert rec["counters"]["fast_round"] == 2 and len(rec["segments"]) == 2
+    assert rec["seconds"] == pytest.approx(sum(x["seconds"] for x in rec["segments"]), abs=0.2)
+    assert rec["evals"][0]["fast_round"] == 0 and rec["evals"][-1]["fast_round"] == 2
+
 def test_powered_run_held_by_another_process_is_skipped_not_driven_twice(tmp_path, capsys):
     """Two grid processes on one results file: a run another process holds (its lock beside the run directory)
     is skipped, not resumed under it; once released, the next invocation runs it."""
@@ -266,7 +286,7 @@ def test_powered_cost_is_measured_per_task_and_left_runs_are_priced(tmp_path):
     def write(name, recs):
         d = tmp_path / name
         d.mkdir()
-        (d / "config.yaml").write_text("mode: rl\n")
+        (d / "config.yaml").write_text(f"mode: {name.split('-')[1]}\ncycles: 5\nsteps_per_cycle: 6\n")
         (d / "events.jsonl").write_text("")
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
