@@ -439,6 +439,18 @@ def analyse(res: dict) -> dict:
                             kls.append({"seed": r["seed"], **k})
                     a["kl_matched"] = {"per_seed": kls, "ratio": boot_mean([k["ratio"] for k in kls
                                                                            if k.get("ratio") is not None])}
+            if variant != "default":  # the variant's own effect: its final minus the default's, same task, mode, seed
+                base = {(r["mode"], r["seed"]): curve(r, "samples")[1][-1] for r in runs
+                        if r["task"] == task and r["variant"] == "default"}
+                a["vs_default"] = {}
+                for m in ("fst", "gepa"):
+                    pairs = [(r["seed"], curve(r, "samples")[1][-1] - base[(m, r["seed"])])
+                             for r in by_mode.get(m, []) if (m, r["seed"]) in base]
+                    if pairs:
+                        diffs = [d for _, d in pairs]
+                        a["vs_default"][m] = {"seeds": [s for s, _ in pairs], "per_seed": diffs,
+                                              "diff": boot_mean(diffs), "better": sum(d > 0 for d in diffs),
+                                              "n": len(diffs)}
             abl = [r["ablation"] for r in by_mode.get("fst", []) if r.get("ablation")]
             if abl:
                 a["ablation"] = {k: boot_mean([x[k] for x in abl]) for k in abl[0]}
@@ -595,6 +607,13 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
              for key, a in an.items() for m, d in a.get("final_vs_rl", {}).items()]
     if drows:
         out += ["Final running-max validation reward minus RL-only's, same seed:", "", table(drows), ""]
+    vrows = [{"variant/task": key, "mode": m, "mean [95%] (paired by seed)": _ci(d["diff"]),
+              "seeds above the default": f"{d['better']}/{d['n']}",
+              "per seed": " ".join(f"s{s}: {x:+.3f}" for s, x in zip(d["seeds"], d["per_seed"]))}
+             for key, a in an.items() for m, d in a.get("vs_default", {}).items()]
+    if vrows:
+        out += ["A variant's final running-max validation reward minus the default's (same task, mode and seed):",
+                "", table(vrows), ""]
     srows = []
     for key, a in an.items():
         if "speedup_samples" in a:

@@ -274,6 +274,12 @@ def test_powered_analysis_bands_and_reach():
     assert fv["better"] == 1 and "gepa" not in a["final_vs_rl"]
     text = bp.markdown({"runs": runs, "analysis": {"default/math": a}, "grid": [r["name"] for r in runs]})
     assert "4 of 4 runs finished" in text and "Missing" not in text
+    gemma = {**run("fst", 1, [0.2, 0.7, 0.5], fast=4), "variant": "gemma_reflector"}  # seed 1 only
+    an = bp.analyse({"runs": runs + [gemma]})
+    assert "vs_default" not in an["default/math"]
+    vd = an["gemma_reflector/math"]["vs_default"]  # running max 0.7 vs the default's 0.4 on seed 1
+    assert list(vd) == ["fst"] and vd["fst"]["seeds"] == [1] and vd["fst"]["per_seed"] == pytest.approx([0.3])
+    assert "s1: +0.300" in bp.markdown({"runs": runs + [gemma], "analysis": an})
 
 
 
