@@ -24,6 +24,20 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help}, **kw)
 
 
+# The range a numeric setting must lie in, by name; ``None`` passes (it means "the default" where allowed).
+_RANGES = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0, ">= 1": lambda v: v >= 1,
+           "in [0, 1)": lambda v: 0 <= v < 1, "in (0, 1]": lambda v: 0 < v <= 1}
+
+
+def _check_ranges(obj, rules: dict[str, str]) -> None:
+    """ValueError ``"<field> must be <range>, got <value>"`` for the first field of ``rules`` out of its range
+    (NaN included); non-numbers are left to the type checks."""
+    for name, rule in rules.items():
+        v = getattr(obj, name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not _RANGES[rule](v):
+            raise ValueError(f"{name} must be {rule}, got {v!r}")
+
+
 CANDIDATE_SELECTIONS = ("pareto", "current_best", "epsilon_greedy", "top_k_pareto")
 LOSS_TYPES = ("cispo", "grpo", "dapo", "dr_grpo")
 VLLM_MODES = ("colocate", "server")
@@ -115,6 +129,9 @@ class FastConfig:
             raise ValueError(f"reflection_retries must be >= 0, got {self.reflection_retries}")
         if "/" not in self.reflection_lm:
             raise ValueError(f"reflection_lm must be a LiteLLM 'provider/model' string, got {self.reflection_lm!r}")
+        _check_ranges(self, {"max_reflection_cost": "> 0", "reflection_temperature": ">= 0",
+                             "reflection_max_tokens": ">= 1", "reflection_timeout": "> 0", "temperature": ">= 0",
+                             "max_new_tokens": ">= 1"})
 
     def budget(self, n_train: int, n_val: int) -> int:
         """GEPA's max_metric_calls for a round with these example counts."""
@@ -239,6 +256,12 @@ class SlowConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.max_grad_norm is None:
             self.max_grad_norm = 0.0
+        _check_ranges(self, {"learning_rate": "> 0", "epsilon_high": "> 0", "epsilon": ">= 0", "beta": ">= 0",
+                             "adam_beta1": "in [0, 1)", "adam_beta2": "in [0, 1)", "adam_epsilon": "> 0",
+                             "weight_decay": ">= 0", "warmup_steps": ">= 0", "max_grad_norm": ">= 0",
+                             "max_completion_length": ">= 1", "rollout_batch_size": ">= 1", "lora_r": ">= 1",
+                             "lora_alpha": "> 0", "lora_dropout": "in [0, 1)",
+                             "vllm_gpu_memory_utilization": "in (0, 1]", "kl_probe_size": ">= 0"})
         if self.loss_type != "cispo" and self.epsilon_high > 1.0:
             warnings.warn(f"epsilon_high={self.epsilon_high} is CISPO's ratio cap; for loss_type="
                           f"{self.loss_type!r} it is a clip epsilon (DAPO: 0.28)", stacklevel=2)
@@ -317,6 +340,11 @@ class ConsolidateConfig:
             raise ConfigError(f"must be >= 0, got {self.rl_coef}", path="consolidate.rl_coef")
         if self.lora_r < 0:
             raise ConfigError(f"must be >= 0, got {self.lora_r}", path="consolidate.lora_r")
+        try:
+            _check_ranges(self, {"max_grad_norm": ">= 0", "max_new_tokens": ">= 1"})
+        except ValueError as e:
+            name, _, rest = str(e).partition(" ")
+            raise ConfigError(rest, path=f"consolidate.{name}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

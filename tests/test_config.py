@@ -143,6 +143,19 @@ BAD = [  # (config, the start of the message)
     ({"slow": {"loss_type": "ppo"}}, "slow.loss_type: must be one of"),
     ({"fast": {"reflection_lm": "gpt4"}}, "fast.reflection_lm: must be a LiteLLM 'provider/model' string"),
     ({"num_generations": 1, "population_size": 1}, "num_generations: G must be >= 2"),
+    # numbers out of range (a negative rate used to start a run)
+    ({"slow": {"learning_rate": -1}}, "slow.learning_rate: must be > 0, got -1"),
+    ({"slow": {"learning_rate": float("nan")}}, "slow.learning_rate: must be > 0, got nan"),
+    ({"slow": {"beta": -0.001}}, "slow.beta: must be >= 0, got -0.001"),
+    ({"slow": {"adam_beta2": 1.0}}, "slow.adam_beta2: must be in [0, 1), got 1.0"),
+    ({"slow": {"lora_dropout": 1.5}}, "slow.lora_dropout: must be in [0, 1), got 1.5"),
+    ({"slow": {"warmup_steps": -2}}, "slow.warmup_steps: must be >= 0, got -2"),
+    ({"slow": {"rollout_batch_size": 0}}, "slow.rollout_batch_size: must be >= 1, got 0"),
+    ({"slow": {"vllm_gpu_memory_utilization": 0}}, "slow.vllm_gpu_memory_utilization: must be in (0, 1], got 0"),
+    ({"fast": {"reflection_timeout": 0}}, "fast.reflection_timeout: must be > 0, got 0"),
+    ({"fast": {"reflection_max_tokens": 0}}, "fast.reflection_max_tokens: must be >= 1, got 0"),
+    ({"fast": {"temperature": -1.0}}, "fast.temperature: must be >= 0, got -1.0"),
+    ({"consolidate": {"max_grad_norm": -1}}, "consolidate.max_grad_norm: must be >= 0, got -1"),
 ]
 
 
