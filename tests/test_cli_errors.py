@@ -45,6 +45,7 @@ def _setup(tmp: Path) -> None:
     (tmp / "k_conflict.yaml").write_text(_yaml({**SMALL, "fast": {"population_size": 4}}))
     (tmp / "task.yaml").write_text(_yaml({**SMALL, "task": "mathh"}))
     (tmp / "type.yaml").write_text(_yaml({**SMALL, "slow": {"beta": "big"}}))
+    (tmp / "range.yaml").write_text(_yaml({**SMALL, "slow": {"learning_rate": -0.001}}))
     (tmp / "list.yaml").write_text("- mode: fst\n")
     (tmp / "harness.yaml").write_text(_yaml({**SMALL, "harness": "no-such-harness"}))
     (tmp / "bad_harness.yaml").write_text("schema_version: 1\nname: [unclosed\n")
@@ -91,6 +92,7 @@ CASES = [
     ("run-unknown-task", ["run", "task.yaml"], ["task.yaml:", "task", "unknown task 'mathh'"]),
     ("run-bad-level", ["run", "level.yaml"], ["level.yaml:", "level", "has levels"]),
     ("run-wrong-type", ["run", "type.yaml"], ["type.yaml:", "slow.beta", "expected a number"]),
+    ("run-out-of-range", ["run", "range.yaml"], ["range.yaml:", "slow.learning_rate", "must be > 0, got -0.001"]),
     ("run-not-a-mapping", ["run", "list.yaml"], ["list.yaml", "mapping"]),
     ("run-config-is-dir", ["run", "not_a_run"], ["not_a_run", "directory"]),
     ("run-unknown-harness", ["run", "harness.yaml"], ["harness.yaml:", "no-such-harness"]),
