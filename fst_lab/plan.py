@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from fst_lab.config import ConfigError, FSTConfig
+from fst_lab.schedule import stage_harness_name
 
 PLACEHOLDER = "FILL_IN"  # e.g. `model: FILL_IN/policy`, `fast: {reflection_lm: FILL_IN/reflection-model}`
 GIB = 2**30
@@ -135,7 +136,7 @@ def _stage_lines(config: FSTConfig, rl_steps: int) -> list[str]:
         steps = st.steps if st.steps is not None else max(0, rl_steps - start)
         end = start + steps
         lines.append(f"    {i + 1}. {st.task} (level {st.level}), RL steps {start + 1}-{end}, seed harness "
-                     f"{st.harness or config.harness or st.task}")
+                     f"{stage_harness_name(config, i)}")
         start = end
     if len(stages) > 1 and start != rl_steps:
         lines.append(f"    note: the stages add up to {start} RL steps but the schedule has {rl_steps}")

@@ -11,7 +11,9 @@ from __future__ import annotations
 from fst_lab.config import ConfigError, FSTConfig
 from fst_lab.errors import FstLabError
 from fst_lab.control import progress_bar
-from fst_lab.harness import Harness, HarnessError, load_named
+from fst_lab.harness import Harness, HarnessError, default_harness_dir, load_named
+
+GENERIC = "generic"  # harnesses/generic.yaml
 
 
 def stage_task(config: FSTConfig, idx: int):
@@ -28,10 +30,18 @@ def stage_task(config: FSTConfig, idx: int):
         raise ConfigError(f"task '{st.task}': {e}", path=where) from None
 
 
-def stage_harness(config: FSTConfig, idx: int) -> Harness:
-    """The seed harness of stage ``idx``: the stage's, else the config's, else the task's own."""
+def stage_harness_name(config: FSTConfig, idx: int) -> str:
+    """The seed harness stage ``idx`` starts from: the stage's, else the config's, else the task's own file in the
+    harness dir, else ``generic`` (the task-agnostic harness: what a ``jsonl`` or user-registered task gets)."""
     st = config.stage_list()[idx]
-    name = st.harness or config.harness or st.task
+    if st.harness or config.harness:
+        return st.harness or config.harness
+    return st.task if (default_harness_dir() / f"{st.task}.yaml").exists() else GENERIC
+
+
+def stage_harness(config: FSTConfig, idx: int) -> Harness:
+    """The seed harness of stage ``idx`` (:func:`stage_harness_name`), loaded."""
+    name = stage_harness_name(config, idx)
     try:
         return load_named(name)
     except HarnessError as e:

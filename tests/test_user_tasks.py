@@ -82,6 +82,32 @@ def test_malformed_files_name_file_and_line(tmp_path, rows, match):
         JsonlTask.from_jsonl(p)
 
 
+
+def test_byte_order_mark_is_read_as_the_same_file(tmp_path):
+    """A file saved with a UTF-8 byte-order mark (Windows editors, spreadsheet exports) reads as without one."""
+    rows = [{"id": "a", "question": "1+1?", "answer": "2"}, {"id": "b", "question": "2+2?", "answer": "4"}]
+    plain = write_jsonl(tmp_path / "plain.jsonl", rows)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    a, b = JsonlTask.from_jsonl(plain), JsonlTask.from_jsonl(bom)
+    assert [(e.id, e.inputs, e.answer) for s in SPLITS for e in a.examples(s)] == \
+        [(e.id, e.inputs, e.answer) for s in SPLITS for e in b.examples(s)]
+
+
+def test_a_task_without_its_own_harness_starts_from_generic(tmp_path):
+    """A jsonl (or user-registered) task has no harness file of its name: the seed harness is the task-agnostic
+    ``generic`` one, in the plan and in the run; a harness stated in the config still wins."""
+    from fst_lab.config import FSTConfig
+    from fst_lab.plan import describe_plan
+    from fst_lab.schedule import stage_harness, stage_harness_name
+
+    cfg = FSTConfig(task="jsonl", task_kwargs={"path": str(REPO / "examples" / "my_task.jsonl")})
+    assert stage_harness_name(cfg, 0) == "generic" and stage_harness(cfg, 0).name == "generic"
+    assert "seed harness generic" in describe_plan(cfg)
+    assert stage_harness_name(FSTConfig(task="math"), 0) == "math"
+    stated = FSTConfig(task="jsonl", harness="math", task_kwargs=cfg.task_kwargs)
+    assert stage_harness_name(stated, 0) == "math" and "seed harness math" in describe_plan(stated)
+
 def test_missing_file():
     with pytest.raises(TaskDataError, match="nope.jsonl: file not found"):
         JsonlTask.from_jsonl("nope.jsonl")

@@ -274,7 +274,7 @@ class JsonlTask(UserTask):
         if not path.exists():
             raise TaskDataError(f"{path}: file not found")
         rows = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark (Windows editors) is dropped
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
