@@ -64,6 +64,16 @@ def test_bad_split_and_too_many(caplog):
     assert "n_val=11" in caplog.text
 
 
+@pytest.mark.parametrize("kw,match", [({"n_val": -1}, "n_val must be a non-negative integer, got -1"),
+                                      ({"n_train": True}, "n_train must be a non-negative integer, got True"),
+                                      ({"n_val": 10**9}, "n_val must be at most 100,000, got 1,000,000,000")])
+def test_split_sizes_out_of_range_are_refused_before_generating(kw, match):
+    """Refused at construction, naming the size: a huge one used to generate (hover: for hours) before failing."""
+    for name in ("math", "hover"):
+        with pytest.raises(ValueError, match=match):
+            get_task(name, level=1, seed=0, **kw)
+
+
 def _check(score: Score, reward: float, *fragments: str):
     assert isinstance(score, Score) and score.reward == reward, score
     for frag in fragments:

@@ -20,6 +20,9 @@ from fst_lab.tasks.base import SPLITS, Example
 
 log = logging.getLogger(__name__)
 
+# Largest split a generated task makes (far beyond a CPU run's needs; a typo like n_val: 64000000 is refused).
+MAX_SPLIT = 100_000
+
 # Fill order: a split's content depends only on the splits filled before it.
 _FILL_ORDER = ("test", "val", "train")
 
@@ -34,8 +37,10 @@ class GeneratedTask:
         if level not in self.levels:
             raise ValueError(f"task '{self.name}' has levels {list(self.levels)}, not {level!r}")
         for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-            if not isinstance(n, int) or n < 0:
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
                 raise ValueError(f"n_{split} must be a non-negative integer, got {n!r}")
+            if n > MAX_SPLIT:  # generation would run for hours (and give up only after 50 n draws)
+                raise ValueError(f"n_{split} must be at most {MAX_SPLIT:,}, got {n:,}")
         self.level, self.seed = level, seed
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self._splits: dict[str, list[Example]] | None = None
