@@ -12,6 +12,7 @@ from fst_lab.config import ConfigError, FSTConfig
 from fst_lab.errors import FstLabError
 from fst_lab.control import progress_bar
 from fst_lab.harness import Harness, HarnessError, default_harness_dir, load_named
+from fst_lab.tools import warn_unimplemented
 
 GENERIC = "generic"  # harnesses/generic.yaml
 
@@ -39,13 +40,17 @@ def stage_harness_name(config: FSTConfig, idx: int) -> str:
     return st.task if (default_harness_dir() / f"{st.task}.yaml").exists() else GENERIC
 
 
-def stage_harness(config: FSTConfig, idx: int) -> Harness:
-    """The seed harness of stage ``idx`` (:func:`stage_harness_name`), loaded."""
+def stage_harness(config: FSTConfig, idx: int, task=None) -> Harness:
+    """The seed harness of stage ``idx`` (:func:`stage_harness_name`), loaded; with ``task``, a warning if it
+    declares tools the task does not implement (:func:`fst_lab.tools.warn_unimplemented`)."""
     name = stage_harness_name(config, idx)
     try:
-        return load_named(name)
+        h = load_named(name)
     except HarnessError as e:
         raise ConfigError(f"harness for stage {idx} ('{name}'): {e}") from None
+    if task is not None:
+        warn_unimplemented(h, task, f"seed harness of stage {idx} ('{name}')")
+    return h
 
 
 def stage_done(stages, idx: int, stage_step: int) -> bool:

@@ -34,6 +34,7 @@ from fst_lab.population import for_training, lineage_rows, manual_edit, ranked, 
 from fst_lab.rundir import RunDir
 from fst_lab.schedule import fast_window, run_schedule, stage_done, stage_harness, stage_task
 from fst_lab.stepper import StepInterrupted
+from fst_lab.tools import warn_unimplemented
 from fst_lab.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Session:
         self._tasks: dict[int, Any] = {}
         self.stage_idx = 0
         self.task = self._make_task(0)
-        self.seed_harness = stage_harness(self.config, 0)
+        self.seed_harness = stage_harness(self.config, 0, self.task)
         name = config.run_name or f"{config.mode}-{self.stages[0].task}-{datetime.now():%Y%m%d-%H%M%S}"
         self.run_dir = Path(run_dir) if run_dir is not None else Path(config.runs_root) / name
         self.rundir = RunDir(self.run_dir)
@@ -330,6 +331,7 @@ class Session:
 
     def _apply_manual(self, idx: int, old: Harness, new: Harness, *, source: str) -> None:
         diff = old.diff(new)
+        warn_unimplemented(new, self.task, f"edited harness {new.id} ({source})")
         self.population[idx] = new  # no score: "not evaluated" until the next fast step re-scores it
         self._store(new)
         self.rundir.write_current(self.population)
@@ -391,7 +393,7 @@ class Session:
         self.stage_idx = self.counters["stage"] = idx
         self.counters["stage_step"] = 0
         self.task = self._make_task(idx)
-        self.seed_harness = stage_harness(self.config, idx)
+        self.seed_harness = stage_harness(self.config, idx, self.task)
         self.population, self.population_scores = [self.seed_harness], {}
         self._store(self.seed_harness)
         self.rundir.write_current(self.population)

@@ -13,10 +13,13 @@ run code do so through :mod:`fst_lab.sandbox` (subprocess, time/memory limits, n
 from __future__ import annotations
 
 import inspect
+import logging
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _FENCED = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.DOTALL)
@@ -97,6 +100,21 @@ def parse_tool_calls(text: str) -> ParseResult:
                 res.calls.append(call)
     return res
 
+
+
+
+def warn_unimplemented(harness, task, where: str) -> str | None:
+    """Warn (and return the warning) when ``harness`` declares tools ``task`` does not implement: every call to
+    them gets an error observation (a typo in a hand-edited tool name; or, on purpose, a task-agnostic harness
+    such as ``generic`` carried across tasks). None when every declared tool is implemented."""
+    impls = task.tool_impls() if hasattr(task, "tool_impls") else {}
+    missing = [name for name in harness.tool_names if name not in impls]
+    if not missing:
+        return None
+    msg = (f"{where}: declares tool(s) {missing} that task '{getattr(task, 'name', task)}' does not implement (it "
+           f"implements {sorted(impls)}); each call to them gets an error observation")
+    log.warning(msg)
+    return msg
 
 class ToolRegistry:
     """Maps declared tool names to Python callables and runs calls safely."""

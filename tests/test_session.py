@@ -161,6 +161,38 @@ def test_hand_edit_of_yaml_file_is_picked_up(tmp_path):
     assert before  # noqa
 
 
+
+
+def test_a_harness_declaring_a_tool_the_task_lacks_is_flagged(tmp_path, caplog):
+    """A declared tool the task does not implement answers every call with an error observation: a warning names
+    it for the seed harness and for every edit (API or hand edit of the YAML file). It stays a warning, because a
+    task-agnostic harness carried across tasks (``generic`` declares hover's ``search``) does this on purpose."""
+    from fst_lab.harness import Harness, load_named
+
+    hover = load_named("hover")  # declares `search`; math implements calculator and python
+    (tmp_path / "h.yaml").write_text(hover.dumps())
+    Session(tiny_config(tmp_path, harness=str(tmp_path / "h.yaml"), run_name="h"), policy=tiny_policy(),
+            progress=False)
+    assert ("seed harness of stage 0 ('" + str(tmp_path / "h.yaml") + "'): declares tool(s) ['search'] that task "
+            "'math' does not implement (it implements ['calculator', 'python'])") in caplog.text
+
+    caplog.clear()
+    s = Session(tiny_config(tmp_path, mode="rl"), policy=tiny_policy(), progress=False)
+    assert "declares tool(s)" not in caplog.text  # the math harness declares none
+    def tool(name):
+        return {"type": "function", "function": {"name": name, "description": "Arithmetic.",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+
+    bad = Harness.from_dict({**s.population[0].to_dict(), "tools": [tool("calculatr")]})
+    s.edit_harness(0, bad)
+    assert "(api): declares tool(s) ['calculatr'] that task 'math'" in caplog.text
+    caplog.clear()
+    f = next((s.run_dir / "harnesses" / "current").glob("0_*.yaml"))
+    f.write_text(Harness.from_dict({**bad.to_dict(), "tools": [tool("calculator"), tool("pyton")]}).dumps())
+    s.slow_step(1)
+    assert f"({f}): declares tool(s) ['pyton'] that task 'math'" in caplog.text
+    assert s.population[0].tool_names == ["calculator", "pyton"]  # applied: a warning, not a refusal
+
 def test_stages_switch_task(tmp_path):
     cfg = tiny_config(tmp_path, mode="rl", cycles=1, steps_per_cycle=3, harness="generic",
                       stages=[{"task": "math", "steps": 1}, {"task": "physics", "steps": 1}, {"task": "codeio"}])
