@@ -455,8 +455,19 @@ def analyse(res: dict) -> dict:
             if abl:
                 a["ablation"] = {k: boot_mean([x[k] for x in abl]) for k in abl[0]}
             a["wall"] = {m: boot_mean([r["seconds"] for r in rr]) for m, rr in by_mode.items()}
+            origins = {m: _sum_counts(r.get("harness_origins") for r in rr) for m, rr in by_mode.items() if m != "rl"}
+            if any(origins.values()):
+                a["harness_origins"] = origins
             out[f"{variant}/{task}"] = a
     return out
+
+
+def _sum_counts(dicts) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in (d or {}).items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------------------- plots
@@ -614,6 +625,15 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     if vrows:
         out += ["A variant's final running-max validation reward minus the default's (same task, mode and seed):",
                 "", table(vrows), ""]
+    orows = [{"variant/task": key, "mode": m, "runs": len(a["seeds"][m]),
+              **{o: n for o, n in counts.items()}} for key, a in an.items()
+             for m, counts in a.get("harness_origins", {}).items()]
+    if orows:
+        cols = sorted({k for r in orows for k in r} - {"variant/task", "mode", "runs"})
+        out += ["Harnesses the population ever held, by origin, summed over seeds (`bootstrap`: few-shot demos from the "
+                "policy's own successful rollouts; `reflect`: rewritten by the reflection LM; `seed`: the start):", "",
+                table([{**{k: r[k] for k in ("variant/task", "mode", "runs")}, **{c: r.get(c, 0) for c in cols}}
+                       for r in orows]), ""]
     srows = []
     for key, a in an.items():
         if "speedup_samples" in a:
@@ -870,13 +890,23 @@ def run(args) -> dict:
             rec = run_one(spec, cfg, root, smoke=smoke, stop_after=args.stop_after_steps, deadline=deadline)
         if rec is None:
             print(f"    stopped before the end: {root / spec['name']} resumes on the next invocation", flush=True)
-            res = commit(out, res, started=spec["name"])
+            res = commit(out, res, started=spec["name"], root=root)
             continue
-        res = commit(out, res, finished=rec)  # atomic, after every finished run
+        res = commit(out, res, finished=rec, root=root)  # atomic, after every finished run
         print(f"    {rec['seconds']:.0f}s, val {[round(e['reward'], 3) for e in rec['evals']]}", flush=True)
-    res = commit(out, res)
+    res = commit(out, res, root=root)
     finish(res, out, smoke, root)
     return res
+
+
+def harness_origins(rd: Path) -> dict[str, int]:
+    """How many harnesses of each lineage origin a run's population ever held (``seed``, ``bootstrap``: few-shot
+    demos from the policy's own successes, ``reflect``: rewritten by the reflection LM, ``merge``, ``manual``)."""
+    from collections import Counter
+
+    from fst_lab.runs import load_run
+
+    return dict(sorted(Counter(h.lineage.origin for h in load_run(rd).all_harnesses().values()).items()))
 
 
 @contextlib.contextmanager
@@ -895,9 +925,11 @@ def _claim(root: Path, name: str):
         yield True
 
 
-def commit(out: Path, res: dict, *, finished: dict | None = None, started: str | None = None) -> dict:
+def commit(out: Path, res: dict, *, finished: dict | None = None, started: str | None = None,
+           root: Path | None = None) -> dict:
     """Merge this process's news into the results file under a lock, so two processes (e.g. one per task)
-    can work through the grid side by side without losing each other's records; written atomically."""
+    can work through the grid side by side without losing each other's records; written atomically. With the
+    runs' ``root``, a record without ``harness_origins`` gets them from its run directory."""
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
@@ -916,6 +948,9 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
         runs = {r["name"]: r for r in res.get("runs", []) + cur.get("runs", [])}
         if finished is not None:
             runs[finished["name"]] = finished
+        for r in runs.values():
+            if "harness_origins" not in r and root is not None and (Path(root) / r["name"]).is_dir():
+                r["harness_origins"] = harness_origins(Path(root) / r["name"])
         merged["runs"] = list(runs.values())
         merged["grid"] = list(dict.fromkeys(cur.get("grid", []) + res.get("grid", [])))
         merged["commands"] = list(dict.fromkeys(cur.get("commands", []) + res.get("commands", [])))
@@ -932,7 +967,7 @@ def finish(res: dict, out: Path, smoke: bool, root: Path | None = None) -> None:
     if not smoke:
         res["measured"] = measured_estimate(root or RUNS_ROOT, res) or res.get("measured")
     res["loadavg_end"] = loadavg()
-    res = commit(out, res)
+    res = commit(out, res, root=root or (None if smoke else RUNS_ROOT))
     if res["runs"]:
         plot(res, plot_dir(out, smoke))
 

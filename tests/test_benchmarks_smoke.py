@@ -120,6 +120,9 @@ def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
     for r in res["runs"]:
         assert r["git_commit"] and r["loadavg"] and r["config"]["seed"] == r["seed"]
         assert r["config"]["mode"] == r["mode"]
+        # the population's harnesses by lineage origin, read from the run directory (the seed is always one)
+        assert r["harness_origins"] == bp.harness_origins(a / "runs" / r["name"]) and r["harness_origins"]["seed"] == 1
+        assert r["mode"] != "rl" or r["harness_origins"] == {"seed": 1}
     cfgs = [{k: v for k, v in r["config"].items() if k not in ("mode", "seed", "run_name")}
             for r in res["runs"]]
     assert all(c == cfgs[0] for c in cfgs), "the modes must differ only in mode (and seed)"
@@ -274,6 +277,9 @@ def test_powered_analysis_bands_and_reach():
     assert fv["better"] == 1 and "gepa" not in a["final_vs_rl"]
     text = bp.markdown({"runs": runs, "analysis": {"default/math": a}, "grid": [r["name"] for r in runs]})
     assert "4 of 4 runs finished" in text and "Missing" not in text
+    origins = bp.analyse({"runs": [{**r, "harness_origins": {"seed": 1, "bootstrap": r["seed"] + 1}}
+                                   for r in runs]})["default/math"]["harness_origins"]
+    assert origins == {"fst": {"bootstrap": 3, "seed": 2}}  # summed over seeds; RL-only holds only its seed
     gemma = {**run("fst", 1, [0.2, 0.7, 0.5], fast=4), "variant": "gemma_reflector"}  # seed 1 only
     an = bp.analyse({"runs": runs + [gemma]})
     assert "vs_default" not in an["default/math"]
