@@ -573,7 +573,8 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     if progress or missing:
         out += ["To work through the rest (repeat in every session: finished runs are skipped, a run in "
                 "progress resumes from its run directory; two processes may share the results file, one hover "
-                "process at a time for memory; `--deadline` minutes stop a run at its next RL step):", "",
+                "process at a time for memory; `--deadline` minutes stop a run at its next RL step or GEPA "
+                "round):", "",
                 *(f"    {c}" for c in continue_commands(progress + missing)), ""]
     for key in ("estimate", "measured"):
         if res.get(key):

@@ -477,15 +477,28 @@ GEPA-only 434 s (one thread, a second run on the other core).
 RL steps and ~15% more samples, by about 0.11 of validation reward (an interval clear of zero, 5 seeds), and
 both the evolved harness and the trained weights contribute to it; GEPA-only alone does not beat RL-only. The
 size of the gain varies a lot between seeds (−0.03 to +0.22), driven by whether an early GEPA round finds a
-better harness (seed 0's never did: its ablation is flat in the harness). **They do not support**: a claim
-about KL (interval spans 1), a sample-efficiency factor (2.2× at the point, but the interval reaches past RL-only's 960
-samples), anything about HoVer (no run yet) or about a stronger reflector (the Gemma variant has started,
-see below). Running maxima over 6 evaluation points are optimistic for every mode alike; GEPA selects its
-harnesses on training problems, never on the validation set.
+better harness (seed 0's never did: its ablation is flat in the harness). **What "the evolved harness" is
+here**: every harness any math population ever held (24 runs with a fast loop, both reflectors) is the seed or a
+*bootstrapped* one — the seed plus few-shot demos from the policy's own successful rollouts; **not one reflective
+rewrite was ever accepted**. The reflection LM was called (policy: 27 calls in the 5 FST runs, Gemma: 13 in its 2
+finished ones) but 26 of the policy's 27 and all 13 of Gemma's rewrites were invalid harnesses, and the one
+valid rewrite did not beat its parent on GEPA's minibatch. So at this scale FST's fast loop is
+demo bootstrapping interleaved with RL, and the result is about that operator, not about reflection. **They do
+not support**: a claim about KL (interval spans 1), a sample-efficiency factor (2.2× at the point, but the
+interval reaches past RL-only's 960 samples), anything about HoVer (one RL-only run so far) or about a reflector
+stronger than these two (a frontier model is the paper's setting and cannot run here). Running maxima over 6
+evaluation points are optimistic for every mode alike; GEPA selects its harnesses on training problems, never
+on the validation set.
 
-**Status (session 9): 15 of 30 runs** — math complete; the 15 HoVer runs not started; Gemma-reflector variant
-GEPA-only 4 of 5 seeds, FST not started. A HoVer run costs ~2× a math run per rollout (two turns); a HoVer FST run peaked at 11–19 GB
-(fp32, session 6), so one HoVer process at a time on a 24 GB machine.
+**Status (session 10): 23 of 40 planned runs** — math complete (15 of 15); HoVer: RL-only seed 0 finished
+(validation 0.562 at the start, 0.641 after 6 RL steps, then 0.625, 0.500, 0.500, 0.500: running max 0.641 — RL-only
+*loses* HoVer validation reward after step 6 in this seed), the other 14 HoVer runs not started; Gemma variant:
+GEPA-only 5 of 5, FST 2 of 5 finished and seed 2 at RL step 25 of 30 (resumes). Measured HoVer cost (one thread,
+another grid process on the second core): one RL step 268 s median (4.4× math's 61 s: two turns, and ~470-token
+sequences of which ~363 are the prompt, repeated for each of the G = 8 rollouts), an evaluation rollout 1.1 s
+(2.9× math's); a HoVer RL-only run took 8,957 s (2.5 h, 3 of its 30 steps slowed by the test suite); peak RSS 10.7
+GB (bf16), so still one HoVer process at a time on 24 GB. What is left is ~26 CPU-hours (the measured line above):
+~13 h of two single-thread processes, i.e. about five more sessions like this one.
 
 - *How the paper's share was matched.* Same T = 6, K = 4, G = 8 and 5 GEPA passes as the paper; every
   batch scaled by 1/8 from `configs/paper/math.yaml` (32 -> 4 problems per RL step, 32/32 -> 4/4 GEPA
@@ -511,7 +524,14 @@ GEPA-only 4 of 5 seeds, FST not started. A HoVer run costs ~2× a math run per r
   *Session 9, GEPA-only with Gemma reflecting, seeds 0–3* (`--variant gemma_reflector --modes gepa`, 414–481 s
   per run, 136–165 learning samples): final running max 0.484, 0.797, 0.594, 0.734 = 0.652 [0.539, 0.781]
   against 0.641, 0.859, 0.672, 0.594 with the policy reflecting on the same seeds (paired −0.039; 1 of 4 higher):
-  no sign that this reflector moves the result. FST with Gemma (5 runs) and GEPA-only seed 4 remain.
+  no sign that this reflector moves the result. *Session 10*: GEPA-only seed 4 (0.797 vs 0.609; all 5 seeds: Gemma
+  − policy = +0.006 [−0.103, +0.125], 2 of 5 higher — the GEPA-only runs differ only through sampling: no
+  reflective harness was accepted in either) and FST with Gemma, seeds 0 and 1: **identical to the
+  policy-reflector runs of the same seeds at every evaluation** (0.484 … 0.672 and 0.547 … 0.953; 2,729 s and
+  2,745 s): both reflectors' rewrites were all rejected, the accepted (bootstrapped) harnesses came out the same, and
+  the RL steps drew the same samples. Seed 2 diverged (0.734 at step 24 against 0.813; one fewer bootstrapped
+  harness) and resumes next session. With no reflective rewrite accepted from either model, the remaining
+  Gemma FST seeds can only show sampling differences: they are the lowest-priority runs of the grid.
 """,
 }
 
