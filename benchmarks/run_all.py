@@ -478,7 +478,7 @@ RL steps and ~15% more samples, by about 0.11 of validation reward (an interval 
 both the evolved harness and the trained weights contribute to it; GEPA-only alone does not beat RL-only. The
 size of the gain varies a lot between seeds (−0.03 to +0.22), driven by whether an early GEPA round finds a
 better harness (seed 0's never did: its ablation is flat in the harness). **What "the evolved harness" is
-here**: every harness any math population ever held (24 runs with a fast loop, both reflectors) is the seed or a
+here**: every harness any math population ever held (18 runs with a fast loop, both reflectors) is the seed or a
 *bootstrapped* one — the seed plus few-shot demos from the policy's own successful rollouts; **not one reflective
 rewrite was ever accepted**. The reflection LM was called (policy: 27 calls in the 5 FST runs, Gemma: 13 in its 2
 finished ones) but 26 of the policy's 27 and all 13 of Gemma's rewrites were invalid harnesses, and the one
