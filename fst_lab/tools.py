@@ -13,8 +13,8 @@ run code do so through :mod:`fst_lab.sandbox` (subprocess, time/memory limits, n
 from __future__ import annotations
 
 import inspect
-import logging
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -101,8 +101,6 @@ def parse_tool_calls(text: str) -> ParseResult:
     return res
 
 
-
-
 def warn_unimplemented(harness, task, where: str) -> str | None:
     """Warn (and return the warning) when ``harness`` declares tools ``task`` does not implement: every call to
     them gets an error observation (a typo in a hand-edited tool name; or, on purpose, a task-agnostic harness
@@ -115,6 +113,7 @@ def warn_unimplemented(harness, task, where: str) -> str | None:
            f"implements {sorted(impls)}); each call to them gets an error observation")
     log.warning(msg)
     return msg
+
 
 class ToolRegistry:
     """Maps declared tool names to Python callables and runs calls safely."""
