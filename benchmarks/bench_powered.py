@@ -388,7 +388,7 @@ def analyse(res: dict) -> dict:
                                and r["variant"] == ("default" if mode == "rl" else v)), key=lambda r: r["seed"])
 
             by_mode = {m: pick(m) for m in MODES if pick(m)}
-            if not by_mode:
+            if not by_mode or (variant != "default" and set(by_mode) == {"rl"}):  # a variant never has its own RL
                 continue
             a: dict = {"seeds": {m: [r["seed"] for r in rr] for m, rr in by_mode.items()}, "bands": {}}
             for m, rr in by_mode.items():
@@ -458,6 +458,10 @@ def analyse(res: dict) -> dict:
             origins = {m: _sum_counts(r.get("harness_origins") for r in rr) for m, rr in by_mode.items() if m != "rl"}
             if any(origins.values()):
                 a["harness_origins"] = origins
+            outcomes = {m: _sum_counts(r.get("reflection_outcomes") for r in rr) for m, rr in by_mode.items()
+                        if m != "rl"}
+            if any(outcomes.values()):
+                a["reflection_outcomes"] = outcomes
             out[f"{variant}/{task}"] = a
     return out
 
@@ -635,6 +639,18 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
                 "policy's own successful rollouts; `reflect`: rewritten by the reflection LM; `seed`: the start):", "",
                 table([{**{k: r[k] for k in ("variant/task", "mode", "runs")}, **{c: r.get(c, 0) for c in cols}}
                        for r in orows]), ""]
+    rrows = [{"variant/task": key, "mode": m, "runs": len(a["seeds"][m]), **counts} for key, a in an.items()
+             for m, counts in a.get("reflection_outcomes", {}).items()]
+    if rrows:
+        cols = sorted({k for r in rrows for k in r} - {"variant/task", "mode", "runs"})
+        out += ["What became of the reflective proposals, summed over seeds (`rejected (minibatch)`: a valid harness "
+                "that lost on GEPA's minibatch; `cut off at the token limit`: the reply stopped at "
+                "`fast.reflection_max_tokens` inside its fenced block; `reply ended inside its fence`: the LM ended "
+                "its reply on its own after an opening fence (often a bare ```); `unclosed fence (cause unknown)`: "
+                "one of those two, in a round whose token totals can't tell which; `broken harness`: e.g. a template "
+                "placeholder dropped):", "",
+                table([{**{k: r[k] for k in ("variant/task", "mode", "runs")}, **{c: r.get(c, 0) for c in cols}}
+                       for r in rrows]), ""]
     srows = []
     for key, a in an.items():
         if "speedup_samples" in a:
@@ -861,8 +877,8 @@ def run(args) -> dict:
     one = FSTConfig.from_dict({**apply_variant(cfgs[args.tasks[0]], args.variant, "fst"), "mode": "fst"})
     res["share"] = {"ours": fast_share(one), "paper": paper_share()}
     if not smoke:
-        res["estimate"] = grid_estimate(len(args.seeds))
-        print(res["estimate"], flush=True)
+        res["estimate"] = grid_estimate(len(args.seeds))  # the estimate made before the grid ran (kept in the docs)
+        print(measured_estimate(root, res) or res["estimate"], flush=True)  # what the finished runs measured
     print(describe_plan(one), flush=True)
     print(f"fast-loop share per cycle: ours {res['share']['ours']}, paper config {res['share']['paper']}", flush=True)
     if args.plan:
@@ -910,6 +926,60 @@ def harness_origins(rd: Path) -> dict[str, int]:
     return dict(sorted(Counter(h.lineage.origin for h in load_run(rd).all_harnesses().values()).items()))
 
 
+# What an invalid reflective proposal's detail says (fst_lab.adapter.extract_proposal), and the outcome it counts as.
+_INVALID_KINDS = (("cut off at the token limit:", "cut off at the token limit"),
+                  ("ended inside its fenced block", "reply ended inside its fence"),
+                  ("no fenced", "no fenced block"), ("fenced block is empty", "empty block"))
+_OLD_UNCLOSED = "truncated reply"  # runs before the finish reason was recorded: told apart by the round's tokens
+
+
+def _reflection_outcome(p: dict, cut_off: bool | None) -> str:
+    status, detail = p.get("status"), p.get("detail") or ""
+    if status in ("accepted", "rejected"):
+        return status + (" (minibatch)" if status == "rejected" else "")
+    if status == "noop":
+        return "no change"
+    if status in ("failed", "error"):
+        return "LM call failed"
+    if _OLD_UNCLOSED in detail or "(cut off at the token limit?)" in detail:
+        return {True: "cut off at the token limit", False: "reply ended inside its fence",
+                None: "unclosed fence (cause unknown)"}[cut_off]
+    return next((kind for needle, kind in _INVALID_KINDS if needle in detail), "broken harness")
+
+
+def _round_cut_off(reflection: dict, max_tokens: int | None) -> bool | None:
+    """Whether a round's reflection calls stopped at the token limit, when its totals decide it for all of them:
+    every call at the limit (True), or all of them together under it (False); else None."""
+    calls, tokens = reflection.get("calls") or 0, reflection.get("completion_tokens")
+    if not calls or tokens is None or not max_tokens:
+        return None
+    if tokens >= calls * max_tokens:
+        return True
+    return False if tokens < max_tokens or calls == 1 else None
+
+
+def reflection_outcomes(rd: Path) -> dict[str, int]:
+    """What became of each reflective proposal of a run, from its fast rounds' proposal logs: ``accepted``,
+    ``rejected (minibatch)`` (valid, lost on GEPA's minibatch), ``no change``, ``cut off at the token limit``,
+    ``reply ended inside its fence`` (an opening fence, then the end of the reply), ``no fenced block``,
+    ``empty block``, ``broken harness`` (e.g. a template placeholder dropped), ``LM call failed``. Runs logged
+    before proposals recorded the LM's finish reason are told apart by the round's completion tokens against
+    ``fast.reflection_max_tokens`` where those decide it. Empty for RL-only (no fast rounds)."""
+    from collections import Counter
+
+    from fst_lab.fast import RESULT_FILE
+    from fst_lab.runs import load_run, read_json
+
+    max_tokens = (load_run(rd).config.get("fast") or {}).get("reflection_max_tokens") if (rd / "config.yaml").exists() \
+        else None
+    counts: Counter = Counter()
+    for f in sorted((rd / "fast").glob(f"round_*/{RESULT_FILE}")):
+        d = read_json(f, {}) or {}
+        cut = _round_cut_off(d.get("reflection") or {}, max_tokens)
+        counts.update(_reflection_outcome(p, cut) for p in d.get("proposal_log", []) if p.get("operator") == "reflect")
+    return dict(sorted(counts.items()))
+
+
 @contextlib.contextmanager
 def _claim(root: Path, name: str):
     """Yields whether this process holds run ``name``: an exclusive, non-blocking ``flock`` on a file beside its run
@@ -950,8 +1020,12 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
         if finished is not None:
             runs[finished["name"]] = finished
         for r in runs.values():
-            if "harness_origins" not in r and root is not None and (Path(root) / r["name"]).is_dir():
-                r["harness_origins"] = harness_origins(Path(root) / r["name"])
+            rd = Path(root) / r["name"] if root is not None else None
+            if rd is not None and rd.is_dir():
+                if "harness_origins" not in r:
+                    r["harness_origins"] = harness_origins(rd)
+                if "reflection_outcomes" not in r:
+                    r["reflection_outcomes"] = reflection_outcomes(rd)
         merged["runs"] = list(runs.values())
         merged["grid"] = list(dict.fromkeys(cur.get("grid", []) + res.get("grid", [])))
         merged["commands"] = list(dict.fromkeys(cur.get("commands", []) + res.get("commands", [])))

@@ -47,7 +47,7 @@ _COMPONENT_RULES = {
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})([^`]*)$")
 
 
-def extract_proposal(reply: str) -> tuple[str | None, str]:
+def extract_proposal(reply: str, *, cut_off: bool | None = None) -> tuple[str | None, str]:
     """The new component text from a reflection reply: the last complete fenced block.
 
     GEPA's instruction-proposal prompt asks for the new text "within ``` blocks", and frontier models
@@ -57,7 +57,9 @@ def extract_proposal(reply: str) -> tuple[str | None, str]:
 
     - no fenced block (a refusal, or the new text without a fence: prose and text can't be told
       apart, and GEPA's own extractor would make the whole reply, refusal included, the new text);
-    - an opening fence that is never closed (a reply cut off at the token limit);
+    - an opening fence that is never closed: a reply cut off at the token limit (``cut_off=True``, the LM's
+      finish reason was "length": raise ``fast.reflection_max_tokens``) or one that simply ended there
+      (``cut_off=False``: a small model often answers a bare "```"); ``None`` when the caller can't tell;
     - an empty block.
     """
     lines = reply.splitlines()
@@ -79,7 +81,11 @@ def extract_proposal(reply: str) -> tuple[str | None, str]:
     if not blocks:
         head = " ".join(reply.split())[:120]
         if fence is not None:
-            return None, f"truncated reply: the fenced block is never closed (reply starts: {head!r})"
+            why = {True: "cut off at the token limit: the fenced block is never closed (raise "
+                         "fast.reflection_max_tokens)",
+                   False: "the reply ended inside its fenced block (never closed)",
+                   None: "the fenced block is never closed (cut off at the token limit?)"}[cut_off]
+            return None, f"{why} (reply starts: {head!r})"
         return None, f"no fenced ``` block in the reply (reply starts: {head!r})"
     text = "\n".join(blocks[-1]).strip("\n")
     if not text.strip():
@@ -366,6 +372,7 @@ class HarnessAdapter:
                                           "dataset_with_feedback": list(records), "prompt_template": template})
             self.reflection_calls += 1
             stats0 = getattr(self.reflection_lm, "stats", None)
+            spent = None
             try:
                 raw = self.reflection_lm(prompt)
             except Exception as e:  # ReflectionError and anything a custom callable raises
@@ -374,12 +381,12 @@ class HarnessAdapter:
                 log.warning("fast: reflection on %s failed: %s", comp, e)
                 return {}, rec.detail
             finally:
-                self._charge(rec, stats0)
+                spent = self._charge(rec, stats0)
             if not isinstance(raw, str) or not raw.strip():
                 self.reflection_failures += 1
                 rec.status, rec.detail = "failed", "empty reply"
                 return {}, rec.detail
-            new, why = extract_proposal(raw)
+            new, why = extract_proposal(raw, cut_off=None if spent is None else spent.length_stops > 0)
             if new is None:
                 rec.status, rec.detail = "invalid", f"{comp}: {why}"
                 log.info("fast: reflective proposal for %s rejected: %s", comp, why)
@@ -401,16 +408,18 @@ class HarnessAdapter:
             return {}, rec.detail
         return new_texts, "reflect: " + ",".join(new_texts)
 
-    def _charge(self, rec: ProposalRecord, before) -> None:
-        """Add the reflection LM's tokens and cost since ``before`` (a stats snapshot) to ``rec``."""
+    def _charge(self, rec: ProposalRecord, before):
+        """Add the reflection LM's tokens and cost since ``before`` (a stats snapshot) to ``rec``; returns what
+        was spent (a :class:`~fst_lab.lm.ReflectionStats`), or None for a callable that keeps no stats."""
         if before is None:
-            return
+            return None
         try:
             spent = self.reflection_lm.stats.since(before)
+            rec.reflection_tokens += int(spent.tokens)
+            rec.reflection_cost += float(spent.cost)
         except Exception:  # a custom callable with a different stats object: nothing to charge
-            return
-        rec.reflection_tokens += int(spent.tokens)
-        rec.reflection_cost += float(spent.cost)
+            return None
+        return spent
 
     def _rules(self, comp: str) -> str:
         if comp == "task_template":

@@ -90,6 +90,7 @@ class ReflectionStats:
     completion_tokens: int = 0
     cost: float = 0.0  # USD from litellm.completion_cost; 0 for models it doesn't price
     seconds: float = 0.0
+    length_stops: int = 0  # replies that stopped at the token limit (finish_reason "length"): cut off
     failure_kinds: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
 
@@ -109,7 +110,8 @@ class ReflectionStats:
             calls=self.calls - before.calls, failures=self.failures - before.failures,
             retries=self.retries - before.retries, prompt_tokens=self.prompt_tokens - before.prompt_tokens,
             completion_tokens=self.completion_tokens - before.completion_tokens, cost=self.cost - before.cost,
-            seconds=self.seconds - before.seconds, failure_kinds={k: v for k, v in kinds.items() if v},
+            seconds=self.seconds - before.seconds, length_stops=self.length_stops - before.length_stops,
+            failure_kinds={k: v for k, v in kinds.items() if v},
             last_error=self.last_error if self.failures > before.failures else "")
 
 
@@ -316,6 +318,8 @@ class ReflectionLM:
         self._account(resp)  # tokens are spent even when the reply turns out unusable
         text, finish = self._extract(resp)
         if finish == "length":
+            with self._lock:
+                self._stats.length_stops += 1
             limit = self.max_tokens if self.max_tokens is not None else "the provider's default"
             log.warning("reflection LM %s stopped at its token limit (%s); the reply is truncated", self.model, limit)
         return text

@@ -123,6 +123,8 @@ def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
         # the population's harnesses by lineage origin, read from the run directory (the seed is always one)
         assert r["harness_origins"] == bp.harness_origins(a / "runs" / r["name"]) and r["harness_origins"]["seed"] == 1
         assert r["mode"] != "rl" or r["harness_origins"] == {"seed": 1}
+        assert r["reflection_outcomes"] == bp.reflection_outcomes(a / "runs" / r["name"])
+        assert r["mode"] != "rl" or r["reflection_outcomes"] == {}
     cfgs = [{k: v for k, v in r["config"].items() if k not in ("mode", "seed", "run_name")}
             for r in res["runs"]]
     assert all(c == cfgs[0] for c in cfgs), "the modes must differ only in mode (and seed)"
@@ -286,7 +288,65 @@ def test_powered_analysis_bands_and_reach():
     vd = an["gemma_reflector/math"]["vs_default"]  # running max 0.7 vs the default's 0.4 on seed 1
     assert list(vd) == ["fst"] and vd["fst"]["seeds"] == [1] and vd["fst"]["per_seed"] == pytest.approx([0.3])
     assert "s1: +0.300" in bp.markdown({"runs": runs + [gemma], "analysis": an})
+    hover_rl = {**run("rl", 0, [0.2, 0.3]), "task": "hover", "name": "hover-rl-s0"}
+    keys = set(bp.analyse({"runs": runs + [gemma, hover_rl]}))
+    assert keys == {"default/math", "default/hover", "gemma_reflector/math"}  # no variant entry of RL-only alone
 
+
+
+def test_powered_reflection_outcomes_classify_every_reflective_proposal(tmp_path):
+    """Each reflective proposal of a run's fast rounds counts once, by what became of it (bootstraps don't count).
+    An unclosed fence logged before the finish reason was recorded is told apart by the round's completion tokens
+    against the run's ``reflection_max_tokens`` where they decide it. The analysis sums per mode over seeds."""
+    from benchmarks import bench_powered as bp
+
+    def write_round(run, k, log, calls=1, tokens=10):
+        d = tmp_path / run / "fast" / f"round_{k:04d}"
+        d.mkdir(parents=True)
+        (tmp_path / run / "config.yaml").write_text("fast:\n  reflection_max_tokens: 128\n")
+        (d / "fst_fast_result.json").write_text(json.dumps(
+            {"round": k, "proposal_log": log, "reflection": {"calls": calls, "completion_tokens": tokens}}))
+
+    old = {"operator": "reflect", "status": "invalid",
+           "detail": "task_template: truncated reply: the fenced block is never closed (reply starts: '```')"}
+    write_round("math-fst-s0", 1, [old, {"operator": "bootstrap", "status": "accepted", "detail": ""}], tokens=2)
+    write_round("math-fst-s0", 2, [old], tokens=128)
+    write_round("math-fst-s0", 3, [old, {"operator": "reflect", "status": "noop", "detail": "no change"}],
+                calls=2, tokens=130)  # 128 + 2: which one hit the limit can't be told
+    write_round("math-fst-s0", 4, [{"operator": "reflect", "status": "invalid", "detail":
+                                    "<gepa candidate>, field 'task_template': missing placeholder {question}"},
+                                   {"operator": "reflect", "status": "rejected", "detail": "reflect: system_prompt"}],
+                calls=2)
+    write_round("math-fst-s1", 1, [{"operator": "reflect", "status": "invalid",
+                                    "detail": "system_prompt: no fenced ``` block in the reply (reply starts: 'I')"},
+                                   {"operator": "reflect", "status": "accepted", "detail": "reflect: system_prompt"},
+                                   {"operator": "reflect", "status": "failed", "detail": "empty reply"}], calls=3)
+    write_round("math-fst-s1", 2, [{"operator": "reflect", "status": "invalid", "detail":
+                                    "few_shot: cut off at the token limit: the fenced block is never closed (...)"},
+                                   {"operator": "reflect", "status": "invalid", "detail":
+                                    "few_shot: the reply ended inside its fenced block (never closed) (...)"}], calls=2)
+    (tmp_path / "math-rl-s0").mkdir()
+    o0, o1 = bp.reflection_outcomes(tmp_path / "math-fst-s0"), bp.reflection_outcomes(tmp_path / "math-fst-s1")
+    assert o0 == {"broken harness": 1, "cut off at the token limit": 1, "no change": 1, "rejected (minibatch)": 1,
+                  "reply ended inside its fence": 1, "unclosed fence (cause unknown)": 1}
+    assert o1 == {"LM call failed": 1, "accepted": 1, "cut off at the token limit": 1, "no fenced block": 1,
+                  "reply ended inside its fence": 1}
+    assert bp.reflection_outcomes(tmp_path / "math-rl-s0") == {}
+
+    def rec(mode, seed, outcomes):
+        evals = [{"samples": 0, "rl_step": 0, "reward": 0.2, "kl": 0.0}, {"samples": 32, "rl_step": 1, "reward": 0.4,
+                                                                          "kl": 0.01}]
+        return {"name": f"math-{mode}-s{seed}", "task": "math", "mode": mode, "seed": seed, "variant": "default",
+                "evals": evals, "seconds": 1.0, "ablation": None, "counters": evals[-1], "final": {},
+                "reflection_outcomes": outcomes}
+
+    runs = [rec("fst", 0, o0), rec("fst", 1, o1), rec("rl", 0, {})]
+    an = bp.analyse({"runs": runs})
+    summed = an["default/math"]["reflection_outcomes"]
+    assert list(summed) == ["fst"] and summed["fst"]["cut off at the token limit"] == 2
+    assert sum(summed["fst"].values()) == 11 and summed["fst"]["accepted"] == 1
+    text = bp.markdown({"runs": runs, "analysis": an})
+    assert "What became of the reflective proposals" in text and "unclosed fence (cause unknown)" in text
 
 
 def test_powered_cost_is_measured_per_task_and_left_runs_are_priced(tmp_path):

@@ -54,6 +54,11 @@ def test_local_provider_round_trip():
         s = lm.stats
         assert (s.calls, s.failures, s.prompt_tokens, s.completion_tokens, s.cost) == (1, 0, 11, 7, 0.0)
         assert lm.total_tokens_in == 11 and lm.total_tokens_out == 7 and lm.total_cost == 0.0  # GEPA's protocol
+        assert s.length_stops == 0  # the stub finished its reply
+        stub.finished = False  # now every reply stops at max_new_tokens: finish_reason "length", counted
+        before = lm.stats
+        lm("rewrite this")
+        assert lm.stats.since(before).length_stops == 1 and lm.stats.length_stops == 1
     finally:
         unregister_local_policy("echo-test")
 

@@ -99,12 +99,12 @@ def _config(base: str, **kw) -> FastConfig:
     ("system_prompt", "You answer every question with exactly one word: BANANA.\nDo not explain, do not add "
                       "punctuation, and do not write anything else."),
     ("tool_description", ANSWERS["tool_description"]["content"].split("```text\n")[1].split("\n```")[0]),
-    ("refusal", None), ("no_fence", None), ("truncated", None)])
+    ("refusal", None), ("no_fence", None), ("truncated", None), ("unclosed", None)])
 def test_extract_proposal_on_frontier_style_answers(name, expected):
     text, why = extract_proposal(ANSWERS[name]["content"])
     assert text == expected
     if expected is None:
-        assert why and ("never closed" in why if name == "truncated" else "no fenced" in why)
+        assert why and ("never closed" in why if name in ("truncated", "unclosed") else "no fenced" in why)
 
 
 def test_extract_proposal_edge_cases():
@@ -120,6 +120,10 @@ def test_extract_proposal_edge_cases():
     assert extract_proposal("````\nuse ```code``` blocks\n```\nend\n````") == ("use ```code``` blocks\n```\nend", "")
     assert extract_proposal("```\n\n```")[0] is None
     assert extract_proposal("~~~\nTilde fenced.\n~~~") == ("Tilde fenced.", "")
+    # an unclosed fence: the caller's knowledge of the finish reason names the cause (or says it can't)
+    assert "cut off at the token limit:" in extract_proposal("```\nA", cut_off=True)[1]
+    assert "ended inside" in extract_proposal("```\nA", cut_off=False)[1]
+    assert "(cut off at the token limit?)" in extract_proposal("```\nA")[1]
 
 
 # ---------------------------------------------------------------------------- end to end over HTTP
@@ -131,29 +135,31 @@ def test_frontier_reflection_raises_reward_and_malformed_answers_are_logged(repl
     seed = Harness.load(REPO / "harnesses" / "math.yaml").with_components(
         {"system_prompt": "You are a helpful assistant.\n", "few_shot": "[]"}, origin="manual", round=0)
     seed = seed.replace(evolvable=("few_shot",))
-    _script(replay_server, ["refusal", "no_fence", "truncated", "few_shot_yaml"])
+    _script(replay_server, ["refusal", "no_fence", "truncated", "unclosed", "few_shot_yaml"])
     events: list[dict] = []
-    # budget: seed on val (2) + 3 x parent minibatch (2) + parent (2) + child (2) + child on val (2) = 14
+    # budget: seed on val (2) + 4 x parent minibatch (2) + parent (2) + child (2) + child on val (2) = 16
     res = fast_step(embedded_policy, task, [seed], task.examples("train", 4), task.examples("val", 2),
-                    config=_config(replay_server, max_metric_calls=14), round=1, run_dir=tmp_path / "round_0001",
+                    config=_config(replay_server, max_metric_calls=16), round=1, run_dir=tmp_path / "round_0001",
                     progress=False, on_event=events.append)
 
     requests = _log(replay_server)
-    assert len(requests) == 4 and all(r["model"] == "gpt-4.1-mini" and r["scripted"] for r in requests)
+    assert len(requests) == 5 and all(r["model"] == "gpt-4.1-mini" and r["scripted"] for r in requests)
     assert all("I provided an assistant with the following instructions" in r["prompt_head"] for r in requests)
     assert not res.errors  # nothing escaped into GEPA
     log = res.proposal_log
-    assert [p["operator"] for p in log] == ["reflect"] * 4
-    assert [p["status"] for p in log] == ["invalid", "invalid", "invalid", "accepted"], log
+    assert [p["operator"] for p in log] == ["reflect"] * 5
+    assert [p["status"] for p in log] == ["invalid"] * 4 + ["accepted"], log
     assert "no fenced" in log[0]["detail"] and "can't help" in log[0]["detail"]  # the refusal, quoted
     assert "no fenced" in log[1]["detail"]
-    assert "never closed" in log[2]["detail"]
+    # The provider's finish reason tells a reply cut off at max_tokens from one that ended inside its fence.
+    assert "cut off at the token limit" in log[2]["detail"] and "never closed" in log[2]["detail"]
+    assert "ended inside its fenced block" in log[3]["detail"] and "token limit" not in log[3]["detail"]
     assert all(p["reflection_tokens"] > 0 and p["reflection_cost"] > 0 for p in log)
-    assert res.invalid_proposals == 3 and res.accepted == 1 and res.reflection_calls == 4
+    assert res.invalid_proposals == 4 and res.accepted == 1 and res.reflection_calls == 5
     assert res.reflection_failures == 0  # the calls succeeded; the answers were unusable
     assert res.reflection_tokens == sum(p["reflection_tokens"] for p in log)
     assert res.reflection_cost == pytest.approx(sum(p["reflection_cost"] for p in log)) and res.reflection_cost > 0
-    assert [e["event"] for e in events if e["event"].startswith("proposal_")] == ["proposal_invalid"] * 3
+    assert [e["event"] for e in events if e["event"].startswith("proposal_")] == ["proposal_invalid"] * 4
 
     best = res.best
     assert best.id != seed.id and best.lineage.origin == "reflect" and best.lineage.parents == (seed.id,)
@@ -161,7 +167,7 @@ def test_frontier_reflection_raises_reward_and_malformed_answers_are_logged(repl
     assert res.prev_scores[seed.id] == 0.0 and res.val_scores[best.id] == 1.0  # validation reward went up
     assert best.system_prompt == seed.system_prompt  # only the proposed component changed
     saved = json.loads((tmp_path / "round_0001" / "fst_fast_result.json").read_text())
-    assert [p["status"] for p in saved["proposal_log"]] == ["invalid", "invalid", "invalid", "accepted"]
+    assert [p["status"] for p in saved["proposal_log"]] == ["invalid"] * 4 + ["accepted"]
     assert saved["population"][0]["origin"] == "reflect"
 
 

@@ -16,7 +16,7 @@ frontier models answer GEPA's instruction-proposal prompt.
 
 :data:`ANSWERS` holds the replies: valid proposals for a system prompt, a few-shot YAML block and a
 tool description, and malformed ones (a refusal, the text without a fence, a reply cut off inside
-its fence). Stdlib only; one thread per request.
+its fence at the token limit, a reply that ends right after its opening fence). Stdlib only; one thread per request.
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ ANSWERS: dict[str, dict] = {
         "```\n"
         "You are a precise assistant. For every question, think about what the grader expects and"),
         "finish_reason": "length"},
+    # What a small local reflector often answers: an opening fence, then end of text (not the token limit).
+    "unclosed": {"content": "```", "finish_reason": "stop"},
 }
 DEFAULT = {"content": "```\nYou are a helpful assistant.\n```"}
 
