@@ -933,7 +933,7 @@ _INVALID_KINDS = (("cut off at the token limit:", "cut off at the token limit"),
 _OLD_UNCLOSED = "truncated reply"  # runs before the finish reason was recorded: told apart by the round's tokens
 
 
-def _reflection_outcome(p: dict, cut_off: bool | None) -> str:
+def reflection_outcome(p: dict, cut_off: bool | None) -> str:
     status, detail = p.get("status"), p.get("detail") or ""
     if status in ("accepted", "rejected"):
         return status + (" (minibatch)" if status == "rejected" else "")
@@ -976,7 +976,7 @@ def reflection_outcomes(rd: Path) -> dict[str, int]:
     for f in sorted((rd / "fast").glob(f"round_*/{RESULT_FILE}")):
         d = read_json(f, {}) or {}
         cut = _round_cut_off(d.get("reflection") or {}, max_tokens)
-        counts.update(_reflection_outcome(p, cut) for p in d.get("proposal_log", []) if p.get("operator") == "reflect")
+        counts.update(reflection_outcome(p, cut) for p in d.get("proposal_log", []) if p.get("operator") == "reflect")
     return dict(sorted(counts.items()))
 
 

@@ -42,6 +42,8 @@ BENCHMARKS = {
                     "Consolidation (the evolved harness distilled into the weights)"),
     "powered": ("benchmarks.bench_powered", "powered",
                 "FST vs RL-only vs GEPA-only, powered: 5 seeds, 30 RL steps, 64-example validation (issue 21)"),
+    "reflection": ("benchmarks.bench_reflection", "reflection",
+                   "The local reflector's proposals at two reply caps (why no reflective rewrite was accepted)"),
 }
 
 LLAMA_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF" '

@@ -349,6 +349,33 @@ def test_powered_reflection_outcomes_classify_every_reflective_proposal(tmp_path
     assert "What became of the reflective proposals" in text and "unclosed fence (cause unknown)" in text
 
 
+def test_reflection_probe_smoke_and_pairing(tmp_path):
+    """The probe asks for one proposal per component and cap through the adapter (smoke: tiny model); the summary
+    follows each reply cut off at the smallest cap to what the same prompt gave at the larger one."""
+    from benchmarks import bench_reflection as br
+
+    res = _smoke("reflection", tmp_path)
+    comps = res["settings"]["components"]
+    assert comps == ["system_prompt", "task_template", "few_shot"]
+    assert sorted((r["component"], r["cap"]) for r in res["rows"]) == sorted((c, k) for c in comps for k in (8, 16))
+    assert all(r["reply_tokens"] <= r["cap"] for r in res["rows"])
+    assert sum(res["by_cap"]["8"].values()) == 3
+
+    def row(rep, comp, cap, outcome):
+        return {"rep": rep, "component": comp, "cap": cap, "outcome": outcome, "reply_tokens": cap, "seconds": 1.0}
+
+    cut = "cut off at the token limit"
+    hand = {"settings": {**res["settings"], "caps": [128, 512]}, "command": "x", "model": "m",
+            "rows": [row(0, "system_prompt", 128, cut), row(0, "system_prompt", 512, br.VALID),
+                     row(0, "few_shot", 128, cut), row(0, "few_shot", 512, cut),
+                     row(1, "system_prompt", 128, "no fenced block"), row(1, "system_prompt", 512, "no fenced block")]}
+    br.summarise(hand)
+    assert hand["by_cap"] == {"128": {cut: 2, "no fenced block": 1}, "512": {cut: 1, "no fenced block": 1,
+                                                                          br.VALID: 1}}
+    assert hand["cut_at_smallest"] == {"512": {cut: 1, br.VALID: 1}}
+    assert "Of the 2 replies cut off at 128 tokens, at 512 tokens: " in br.markdown(hand)
+
+
 def test_powered_cost_is_measured_per_task_and_left_runs_are_priced(tmp_path):
     """Cost from hand-made run directories: eval seconds per rollout only within one process (a resumed
     process's first eval is not timed across the gap), an unmeasured task scaled from math by the eval ratio,
