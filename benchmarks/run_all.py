@@ -535,6 +535,22 @@ GB (bf16), so still one HoVer process at a time on 24 GB. What is left is ~26 CP
   harness) and resumes next session. With no reflective rewrite accepted from either model, the remaining
   Gemma FST seeds can only show sampling differences: they are the lowest-priority runs of the grid.
 """,
+    "reflection": """
+**Reading (session 11).** The powered grid's reflective proposals all failed at this scale (table "What became of
+the reflective proposals" above), and a third of the policy's replies stopped at the grid's 128-token cap inside
+their fenced block — so the cap was a suspect. It is not the reason: with the same prompts (greedy, so each
+512-token reply continues its 128-token one), **all 5 replies cut off at 128 tokens are still unclosed at 512**
+(they are loops like "```python # Example 1 # Question: …"), and the outcome counts are identical at both caps:
+of 24 proposals, 16 have no fenced block at all (for `system_prompt` and `few_shot` the policy answers GEPA's
+instruction-proposal prompt as a chat assistant: "I'm ready to help. Please provide the task and the
+instructions…"), 2 end right after a bare "```", 5 are cut off, 1 is a valid harness (a `task_template`). The
+reflector's instruction following is the limit, not the reply length; a 512-token cap only makes each call 3.4×
+slower (50 s vs 15 s, one thread). Gemma-3-270M, the other local model, is a *base* model (its GGUF has no chat
+template); probed greedy on the same kind of prompt it repeats "Provide the new instructions within ``` blocks."
+until the cap, so its grid outcomes are mostly "no change" (the last complete block is the current text). A
+useful reflector at this scale needs instruction tuning this machine does not have offline; with a frontier
+key (`fast.reflection_lm`), the same adapter path is the one tests/test_reflection_replay.py drives over HTTP.
+""",
 }
 
 

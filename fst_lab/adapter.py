@@ -58,7 +58,7 @@ def extract_proposal(reply: str, *, cut_off: bool | None = None) -> tuple[str | 
     - no fenced block (a refusal, or the new text without a fence: prose and text can't be told
       apart, and GEPA's own extractor would make the whole reply, refusal included, the new text);
     - an opening fence that is never closed: a reply cut off at the token limit (``cut_off=True``, the LM's
-      finish reason was "length": raise ``fast.reflection_max_tokens``) or one that simply ended there
+      finish reason was "length"; see ``fast.reflection_max_tokens``) or one that simply ended there
       (``cut_off=False``: a small model often answers a bare "```"); ``None`` when the caller can't tell;
     - an empty block.
     """
@@ -81,8 +81,7 @@ def extract_proposal(reply: str, *, cut_off: bool | None = None) -> tuple[str | 
     if not blocks:
         head = " ".join(reply.split())[:120]
         if fence is not None:
-            why = {True: "cut off at the token limit: the fenced block is never closed (raise "
-                         "fast.reflection_max_tokens)",
+            why = {True: "cut off at the token limit: the fenced block is never closed (fast.reflection_max_tokens)",
                    False: "the reply ended inside its fenced block (never closed)",
                    None: "the fenced block is never closed (cut off at the token limit?)"}[cut_off]
             return None, f"{why} (reply starts: {head!r})"
