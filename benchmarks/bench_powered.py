@@ -967,16 +967,14 @@ def reflection_outcomes(rd: Path) -> dict[str, int]:
     ``fast.reflection_max_tokens`` where those decide it. Empty for RL-only (no fast rounds)."""
     from collections import Counter
 
-    from fst_lab.fast import RESULT_FILE
-    from fst_lab.runs import load_run, read_json
+    from fst_lab.runs import load_run
 
-    max_tokens = (load_run(rd).config.get("fast") or {}).get("reflection_max_tokens") if (rd / "config.yaml").exists() \
-        else None
+    run = load_run(rd)
+    max_tokens = (run.config.get("fast") or {}).get("reflection_max_tokens")
     counts: Counter = Counter()
-    for f in sorted((rd / "fast").glob(f"round_*/{RESULT_FILE}")):
-        d = read_json(f, {}) or {}
+    for d in run.fast_rounds():
         cut = _round_cut_off(d.get("reflection") or {}, max_tokens)
-        counts.update(reflection_outcome(p, cut) for p in d.get("proposal_log", []) if p.get("operator") == "reflect")
+        counts.update(reflection_outcome(p, cut) for p in d.get("proposal_log") or [] if p.get("operator") == "reflect")
     return dict(sorted(counts.items()))
 
 

@@ -43,6 +43,7 @@ from fst_lab.adapter import (HarnessAdapter, ProposalRecord, _emit, candidate_ke
 from fst_lab.harness import Harness, atomic_write_text
 from fst_lab.pareto import pareto_layers, select_population  # noqa: F401  (re-exported)
 from fst_lab.rollout import Trajectory, rollout_pairs
+from fst_lab.runs import FAST_RESULT
 
 if TYPE_CHECKING:  # pragma: no cover
     from fst_lab.models import Policy
@@ -50,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 log = logging.getLogger(__name__)
-RESULT_FILE = "fst_fast_result.json"
+RESULT_FILE = FAST_RESULT  # fst_lab.runs owns the run-directory layout
 
 
 # ---------------------------------------------------------------------------- GEPA glue

@@ -31,8 +31,25 @@ def summary_rows(run_dirs: Sequence[str | Path]) -> list[dict]:
             "kl_last": kl_last["kl"] if kl_last else None,
             "best_fast_val": max(fast_best) if fast_best else None,
             "population": len(run.state.get("population", [])),
+            **proposal_summary(run.proposals()),
         })
     return rows
+
+
+def proposal_summary(proposals: list[dict]) -> dict[str, str | None]:
+    """What the fast loop's two operators achieved: ``reflections``: "A accepted, V valid of N" (valid: a
+    harness GEPA scored on its minibatch, accepted or not; the rest were unusable replies or failed calls) and
+    ``bootstraps``: "A accepted of N". None for a run without GEPA rounds. A run whose reflections are all
+    unusable evolves its harness by bootstrapped demos alone: this is where a user sees it."""
+    if not proposals:
+        return {"reflections": None, "bootstraps": None}
+    out: dict[str, str | None] = {}
+    for op, key in (("reflect", "reflections"), ("bootstrap", "bootstraps")):
+        ps = [p for p in proposals if p.get("operator") == op]
+        acc = sum(p.get("status") == "accepted" for p in ps)
+        valid = sum(p.get("status") in ("accepted", "rejected") for p in ps)
+        out[key] = f"{acc} accepted, {valid} valid of {len(ps)}" if op == "reflect" else f"{acc} accepted of {len(ps)}"
+    return out
 
 
 def _fmt(v) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ POPULATIONS = "populations"
 CHECKPOINTS = "checkpoints"
 ROLLOUTS = "rollouts"
 FAST = "fast"
+FAST_RESULT = "fst_fast_result.json"  # a GEPA round's result: fast/round_NNNN/ (fst_lab.fast.fast_step writes it)
 # inside a checkpoint after consolidation steps: the phase state and the pre-consolidation (teacher) weights
 CONSOLIDATE_DIR = "consolidate"
 CONSOLIDATE_STATE = "consolidate_state.json"
@@ -203,6 +205,27 @@ class RunView:
         return [{"id": hid, "name": h.name, "origin": h.lineage.origin, "round": h.lineage.round,
                  "parents": list(h.lineage.parents), "note": h.lineage.note}
                 for hid, h in self.all_harnesses().items()]
+
+    def fast_rounds(self) -> list[dict]:
+        """Every GEPA round's result (``fast/round_NNNN/fst_fast_result.json``), oldest first; a round moved
+        aside as stale (``round_NNNN.stale-1``: scores from other weights) is not one of them."""
+        out = []
+        for d in sorted((self.path / FAST).glob("round_*")):
+            if not re.fullmatch(r"round_\d+", d.name):
+                continue
+            try:
+                res = read_json(d / FAST_RESULT, None)
+            except ValueError:  # a half-written or foreign file: that round is unreadable, the run is not
+                continue
+            if isinstance(res, dict):
+                out.append(res)
+        return out
+
+    def proposals(self) -> list[dict]:
+        """Every proposal of every GEPA round, oldest first, each with its ``round``: ``operator`` (``reflect`` |
+        ``bootstrap``), ``status`` (accepted | rejected | invalid | noop | failed | error), ``detail``, tokens."""
+        return [{**p, "round": r.get("round")} for r in self.fast_rounds()
+                for p in r.get("proposal_log") or [] if isinstance(p, dict)]
 
     def latest_checkpoint(self) -> Path | None:
         name = self.state.get("checkpoint")

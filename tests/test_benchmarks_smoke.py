@@ -325,7 +325,10 @@ def test_powered_reflection_outcomes_classify_every_reflective_proposal(tmp_path
                                     "few_shot: cut off at the token limit: the fenced block is never closed (...)"},
                                    {"operator": "reflect", "status": "invalid", "detail":
                                     "few_shot: the reply ended inside its fenced block (never closed) (...)"}], calls=2)
+    write_round("math-fst-s1", 3, [{"operator": "reflect", "status": "accepted", "detail": ""}] * 4)
+    (tmp_path / "math-fst-s1" / "fast" / "round_0003").rename(tmp_path / "math-fst-s1" / "fast" / "round_0002.stale-1")
     (tmp_path / "math-rl-s0").mkdir()
+    (tmp_path / "math-rl-s0" / "config.yaml").write_text("mode: rl\n")
     o0, o1 = bp.reflection_outcomes(tmp_path / "math-fst-s0"), bp.reflection_outcomes(tmp_path / "math-fst-s1")
     assert o0 == {"broken harness": 1, "cut off at the token limit": 1, "no change": 1, "rejected (minibatch)": 1,
                   "reply ended inside its fence": 1, "unclosed fence (cause unknown)": 1}

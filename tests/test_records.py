@@ -115,11 +115,48 @@ def test_old_run_directories_load_with_todays_keys(tmp_path):
     assert (row["kl_last"], row["val_first"], row["val_last"]) == (0.03, 0.1, 0.3)
 
 
+def test_proposals_are_read_from_each_round_and_summarised_for_compare(run_dir, tmp_path):
+    """A run's proposals come from every GEPA round's result file (a stale round moved aside is not one of them);
+    `fst-lab compare` says what reflection and bootstrapping achieved, and nothing for a run without rounds."""
+    import shutil
+
+    from fst_lab.report import summary_rows
+    from fst_lab.runs import load_run
+
+    real = load_run(run_dir)
+    assert [r["round"] for r in real.fast_rounds()] == [1, 2]  # the fixture's two cycles
+    assert real.proposals() and {p["round"] for p in real.proposals()} <= {1, 2}
+    assert all(p["operator"] in ("reflect", "bootstrap") for p in real.proposals())
+
+    d = tmp_path / "hand"
+    shutil.copytree(run_dir, d)
+    shutil.rmtree(d / "fast")
+
+    def write(name, rnd, log):
+        (d / "fast" / name).mkdir(parents=True)
+        (d / "fast" / name / "fst_fast_result.json").write_text(json.dumps({"round": rnd, "proposal_log": log}))
+
+    def prop(op, status):
+        return {"operator": op, "status": status, "detail": ""}
+
+    write("round_0001", 1, [prop("bootstrap", "accepted"), prop("reflect", "invalid"), prop("reflect", "rejected")])
+    write("round_0002", 2, [prop("bootstrap", "rejected"), prop("reflect", "accepted")])
+    write("round_0002.stale-1", 2, [prop("reflect", "accepted")] * 5)  # scores from other weights: not read
+    view = load_run(d)
+    assert [(p["round"], p["operator"], p["status"]) for p in view.proposals()] == [
+        (1, "bootstrap", "accepted"), (1, "reflect", "invalid"), (1, "reflect", "rejected"),
+        (2, "bootstrap", "rejected"), (2, "reflect", "accepted")]
+    row = summary_rows([d])[0]
+    assert row["reflections"] == "1 accepted, 2 valid of 3" and row["bootstraps"] == "1 accepted of 2"
+    shutil.rmtree(d / "fast")
+    assert summary_rows([d])[0]["reflections"] is None  # RL-only: no rounds, no claim
+
+
 def test_compare_report_reads_the_schema(run_dir, tmp_path):
     from fst_lab.report import compare_runs
 
     table, pngs = compare_runs([run_dir], out_dir=tmp_path)
-    assert run_dir.name in table and "kl_last" in table
+    assert run_dir.name in table and "kl_last" in table and "reflections" in table
     assert [p.name for p in pngs][:2] == ["reward_vs_samples.png", "kl_vs_reward.png"]
     assert all(p.stat().st_size > 1000 for p in pngs)
 
