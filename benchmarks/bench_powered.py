@@ -646,7 +646,7 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
         out += ["What became of the reflective proposals, summed over seeds (`rejected (minibatch)`: a valid harness "
                 "that lost on GEPA's minibatch; `cut off at the token limit`: the reply stopped at "
                 "`fast.reflection_max_tokens` inside its fenced block; `reply ended inside its fence`: the LM ended "
-                "its reply on its own after an opening fence (often a bare ```); `unclosed fence (cause unknown)`: "
+                "its reply on its own after an opening fence (often a bare `` ``` ``); `unclosed fence (cause unknown)`: "
                 "one of those two, in a round whose token totals can't tell which; `broken harness`: e.g. a template "
                 "placeholder dropped):", "",
                 table([{**{k: r[k] for k in ("variant/task", "mode", "runs")}, **{c: r.get(c, 0) for c in cols}}
@@ -998,7 +998,7 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
            root: Path | None = None) -> dict:
     """Merge this process's news into the results file under a lock, so two processes (e.g. one per task)
     can work through the grid side by side without losing each other's records; written atomically. With the
-    runs' ``root``, a record without ``harness_origins`` gets them from its run directory."""
+    runs' ``root``, each record's ``harness_origins`` and ``reflection_outcomes`` are re-read from its run directory."""
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
@@ -1019,11 +1019,9 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
             runs[finished["name"]] = finished
         for r in runs.values():
             rd = Path(root) / r["name"] if root is not None else None
-            if rd is not None and rd.is_dir():
-                if "harness_origins" not in r:
-                    r["harness_origins"] = harness_origins(rd)
-                if "reflection_outcomes" not in r:
-                    r["reflection_outcomes"] = reflection_outcomes(rd)
+            if rd is not None and rd.is_dir():  # re-read every time: cheap, and the classification may improve
+                r["harness_origins"] = harness_origins(rd)
+                r["reflection_outcomes"] = reflection_outcomes(rd)
         merged["runs"] = list(runs.values())
         merged["grid"] = list(dict.fromkeys(cur.get("grid", []) + res.get("grid", [])))
         merged["commands"] = list(dict.fromkeys(cur.get("commands", []) + res.get("commands", [])))

@@ -482,9 +482,13 @@ size of the gain varies a lot between seeds (−0.03 to +0.22), driven by whethe
 better harness (seed 0's never did: its ablation is flat in the harness). **What "the evolved harness" is
 here**: every harness any math population ever held (18 runs with a fast loop, both reflectors) is the seed or a
 *bootstrapped* one — the seed plus few-shot demos from the policy's own successful rollouts; **not one reflective
-rewrite was ever accepted**. The reflection LM was called (policy: 27 calls in the 5 FST runs, Gemma: 13 in its 2
-finished ones) but 26 of the policy's 27 and all 13 of Gemma's rewrites were invalid harnesses, and the one
-valid rewrite did not beat its parent on GEPA's minibatch. So at this scale FST's fast loop is
+rewrite was ever accepted**. Of the policy's 27 reflective proposals in the 5 FST runs, 26 were unusable (table
+"What became of the reflective proposals" above: 8 cut off at the 128-token cap inside their fenced block, 7
+ended right after an opening fence, 3 one of those two, 6 with no fenced block at all, 2 dropped the template's
+`{question}`) and the one valid rewrite lost to its parent on GEPA's minibatch; GEPA-only, 31 of 32 the same way.
+Gemma's replies (4 FST runs) were mostly the current text back ("no change", 19 of 23), its one valid rewrite
+lost too. The cap is not the cause: the probe in the next section gives the same prompts 512 tokens and gets the
+same outcomes. So at this scale FST's fast loop is
 demo bootstrapping interleaved with RL, and the result is about that operator, not about reflection. **They do
 not support**: a claim about KL (interval spans 1), a sample-efficiency factor (2.2× at the point, but the
 interval reaches past RL-only's 960 samples), anything about HoVer (one RL-only run so far) or about a reflector
@@ -492,15 +496,21 @@ stronger than these two (a frontier model is the paper's setting and cannot run 
 evaluation points are optimistic for every mode alike; GEPA selects its harnesses on training problems, never
 on the validation set.
 
-**Status (session 10): 23 of 40 planned runs** — math complete (15 of 15); HoVer: RL-only seed 0 finished
-(validation 0.562 at the start, 0.641 after 6 RL steps, then 0.625, 0.500, 0.500, 0.500: running max 0.641 — RL-only
-*loses* HoVer validation reward after step 6 in this seed), the other 14 HoVer runs not started; Gemma variant:
-GEPA-only 5 of 5, FST 2 of 5 finished and seed 2 at RL step 25 of 30 (resumes). Measured HoVer cost (one thread,
-another grid process on the second core): one RL step 268 s median (4.4× math's 61 s: two turns, and ~470-token
-sequences of which ~363 are the prompt, repeated for each of the G = 8 rollouts), an evaluation rollout 1.1 s
-(2.9× math's); a HoVer RL-only run took 8,957 s (2.5 h, 3 of its 30 steps slowed by the test suite); peak RSS 10.7
-GB (bf16), so still one HoVer process at a time on 24 GB. What is left is ~26 CPU-hours (the measured line above):
-~13 h of two single-thread processes, i.e. about five more sessions like this one.
+**Status (session 11): 30 of 40 planned runs** — math complete (15 of 15). **HoVer: GEPA-only complete (5 of
+5)**: final running max 0.541 [0.503, 0.569] (per seed 0.562, 0.469, 0.578, 0.562, 0.531 from starts 0.562, 0.469,
+0.500, 0.562, 0.469: GEPA-only moves HoVer by at most +0.08, in 2 of 5 seeds; 959–1,670 s per run, 16 bootstrapped
+harnesses and 0 of 37 reflective proposals usable). RL-only seed 0 finished (0.562 → 0.641 after 6 RL steps, then
+0.625, 0.500, 0.500, 0.500). FST seed 0 is at RL step 21 of 30 and shows the same shape: 0.562 → 0.641 at step 6,
+then 0.578 and **0.406 at step 18** — on HoVer both RL-trained modes *lose* validation reward after the first
+cycle in seed 0, so the HoVer comparison will be about running maxima near step 6 unless the other seeds differ.
+Gemma variant: GEPA-only 5 of 5, FST 4 of 5 (seed 3: 0.547 → 0.922, identical to the policy reflector's seed 3 at
+every evaluation; all 4: Gemma − policy = −0.020 [−0.059, 0.000], seed 2 −0.078); seed 4 was stopped
+at its start to give the core to HoVer GEPA-only (it can only show sampling differences). Measured HoVer cost
+(one thread, another grid process on the second core): one RL step 271 s median (4.4× math's 61 s: two turns,
+~470-token sequences of which ~363 are the prompt, repeated for each of the G = 8 rollouts), a GEPA round 111 s,
+an evaluation rollout 1.4 s; peak RSS 10.7 GB (bf16), so one RL-training HoVer process at a time on 24 GB (a
+HoVer GEPA-only run beside it fits). What is left is ~22 CPU-hours (the measured line above): HoVer FST seeds
+0 (70% done)–4 and RL-only seeds 1–4, and Gemma FST seed 4 — about 11 h of two single-thread processes.
 
 - *How the paper's share was matched.* Same T = 6, K = 4, G = 8 and 5 GEPA passes as the paper; every
   batch scaled by 1/8 from `configs/paper/math.yaml` (32 -> 4 problems per RL step, 32/32 -> 4/4 GEPA
@@ -540,13 +550,13 @@ GB (bf16), so still one HoVer process at a time on 24 GB. What is left is ~26 CP
 the reflective proposals" above), and a third of the policy's replies stopped at the grid's 128-token cap inside
 their fenced block — so the cap was a suspect. It is not the reason: with the same prompts (greedy, so each
 512-token reply continues its 128-token one), **all 5 replies cut off at 128 tokens are still unclosed at 512**
-(they are loops like "```python # Example 1 # Question: …"), and the outcome counts are identical at both caps:
+(they are loops like `` ```python # Example 1 # Question: … ``), and the outcome counts are identical at both caps:
 of 24 proposals, 16 have no fenced block at all (for `system_prompt` and `few_shot` the policy answers GEPA's
 instruction-proposal prompt as a chat assistant: "I'm ready to help. Please provide the task and the
-instructions…"), 2 end right after a bare "```", 5 are cut off, 1 is a valid harness (a `task_template`). The
+instructions…"), 2 end right after a bare `` ``` ``, 5 are cut off, 1 is a valid harness (a `task_template`). The
 reflector's instruction following is the limit, not the reply length; a 512-token cap only makes each call 3.4×
 slower (50 s vs 15 s, one thread). Gemma-3-270M, the other local model, is a *base* model (its GGUF has no chat
-template); probed greedy on the same kind of prompt it repeats "Provide the new instructions within ``` blocks."
+template); probed greedy on the same kind of prompt it repeats "Provide the new instructions within `` ``` `` blocks."
 until the cap, so its grid outcomes are mostly "no change" (the last complete block is the current text). A
 useful reflector at this scale needs instruction tuning this machine does not have offline; with a frontier
 key (`fast.reflection_lm`), the same adapter path is the one tests/test_reflection_replay.py drives over HTTP.
