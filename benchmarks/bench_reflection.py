@@ -116,8 +116,6 @@ def run(args) -> dict:
     from fst_lab.harness import load_named
     from fst_lab.tasks import get_task
 
-    logging.getLogger("fst_lab").setLevel(logging.ERROR)
-    logging.getLogger("LiteLLM").setLevel(logging.ERROR)
     smoke = args.smoke
     policy = bench_policy(smoke)
     task = get_task(args.task, level=1, seed=0)
@@ -130,8 +128,17 @@ def run(args) -> dict:
                      "smollm2-135m (the policy)", settings={"task": f"{args.task} level 1", "caps": caps, "reps": reps,
                                                            "minibatch": minibatch, "components": comps,
                                                            "max_new_tokens": args.max_new_tokens, "seed": 0})
-    probe(policy, task, seed_h, pool, caps=caps, reps=reps, minibatch=minibatch, max_new_tokens=args.max_new_tokens,
-          seed=0, res=res, out=args.out)
+    # Every cut-off reply logs a warning; quiet them for the probe only (the loggers are process-wide).
+    quiet = [logging.getLogger(n) for n in ("fst_lab", "LiteLLM")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        probe(policy, task, seed_h, pool, caps=caps, reps=reps, minibatch=minibatch,
+              max_new_tokens=args.max_new_tokens, seed=0, res=res, out=args.out)
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
     res["loadavg_end"] = loadavg()
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     summarise(res)

@@ -357,7 +357,11 @@ def test_reflection_probe_smoke_and_pairing(tmp_path):
     follows each reply cut off at the smallest cap to what the same prompt gave at the larger one."""
     from benchmarks import bench_reflection as br
 
+    import logging
+
+    before = logging.getLogger("fst_lab").level
     res = _smoke("reflection", tmp_path)
+    assert logging.getLogger("fst_lab").level == before  # the probe's quiet loggers are given back
     comps = res["settings"]["components"]
     assert comps == ["system_prompt", "task_template", "few_shot"]
     assert sorted((r["component"], r["cap"]) for r in res["rows"]) == sorted((c, k) for c in comps for k in (8, 16))
