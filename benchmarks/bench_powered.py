@@ -538,6 +538,16 @@ def plot(res: dict, out_dir: Path, prefix: str = "powered") -> list[Path]:
 
 
 # ---------------------------------------------------------------------------- markdown
+def _counts_table(an: dict, key: str, intro: str) -> list[str]:
+    """Markdown lines for per-mode count dicts ``an[variant/task][key][mode]`` (one column per count, 0 if absent)."""
+    rows = [{"variant/task": vt, "mode": m, "runs": len(a["seeds"][m]), **counts} for vt, a in an.items()
+            for m, counts in a.get(key, {}).items()]
+    if not rows:
+        return []
+    cols = ["variant/task", "mode", "runs"] + sorted({k for r in rows for k in r} - {"variant/task", "mode", "runs"})
+    return [intro, "", table([{c: r.get(c, 0) for c in cols} for r in rows]), ""]
+
+
 def _ci(d: dict | None, digits: int = 3) -> str:
     if not d or d.get("mean", d.get("ratio")) is None:
         return "–"
@@ -630,27 +640,15 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     if vrows:
         out += ["A variant's final running-max validation reward minus the default's (same task, mode and seed):",
                 "", table(vrows), ""]
-    orows = [{"variant/task": key, "mode": m, "runs": len(a["seeds"][m]),
-              **{o: n for o, n in counts.items()}} for key, a in an.items()
-             for m, counts in a.get("harness_origins", {}).items()]
-    if orows:
-        cols = sorted({k for r in orows for k in r} - {"variant/task", "mode", "runs"})
-        out += ["Harnesses the population ever held, by origin, summed over seeds (`bootstrap`: few-shot demos from the "
-                "policy's own successful rollouts; `reflect`: rewritten by the reflection LM; `seed`: the start):", "",
-                table([{**{k: r[k] for k in ("variant/task", "mode", "runs")}, **{c: r.get(c, 0) for c in cols}}
-                       for r in orows]), ""]
-    rrows = [{"variant/task": key, "mode": m, "runs": len(a["seeds"][m]), **counts} for key, a in an.items()
-             for m, counts in a.get("reflection_outcomes", {}).items()]
-    if rrows:
-        cols = sorted({k for r in rrows for k in r} - {"variant/task", "mode", "runs"})
-        out += ["What became of the reflective proposals, summed over seeds (`rejected (minibatch)`: a valid harness "
-                "that lost on GEPA's minibatch; `cut off at the token limit`: the reply stopped at "
-                "`fast.reflection_max_tokens` inside its fenced block; `reply ended inside its fence`: the LM ended "
-                "its reply on its own after an opening fence (often a bare `` ``` ``); `unclosed fence (cause unknown)`: "
-                "one of those two, in a round whose token totals can't tell which; `broken harness`: e.g. a template "
-                "placeholder dropped):", "",
-                table([{**{k: r[k] for k in ("variant/task", "mode", "runs")}, **{c: r.get(c, 0) for c in cols}}
-                       for r in rrows]), ""]
+    out += _counts_table(an, "harness_origins", "Harnesses the population ever held, by origin, summed over seeds "
+                         "(`bootstrap`: few-shot demos from the policy's own successful rollouts; `reflect`: rewritten "
+                         "by the reflection LM; `seed`: the start):")
+    out += _counts_table(an, "reflection_outcomes", "What became of the reflective proposals, summed over seeds "
+                         "(`rejected (minibatch)`: a valid harness that lost on GEPA's minibatch; `cut off at the token "
+                         "limit`: the reply stopped at `fast.reflection_max_tokens` inside its fenced block; `reply ended "
+                         "inside its fence`: the LM ended its reply on its own after an opening fence (often a bare "
+                         "`` ``` ``); `unclosed fence (cause unknown)`: one of those two, in a round whose token totals "
+                         "can't tell which; `broken harness`: e.g. a template placeholder dropped):")
     srows = []
     for key, a in an.items():
         if "speedup_samples" in a:
@@ -916,14 +914,19 @@ def run(args) -> dict:
     return res
 
 
-def harness_origins(rd: Path) -> dict[str, int]:
+def _view(rd):
+    """A run directory (path) or an already loaded :class:`fst_lab.runs.RunView`, as a RunView."""
+    from fst_lab.runs import RunView, load_run
+
+    return rd if isinstance(rd, RunView) else load_run(rd)
+
+
+def harness_origins(rd) -> dict[str, int]:
     """How many harnesses of each lineage origin a run's population ever held (``seed``, ``bootstrap``: few-shot
     demos from the policy's own successes, ``reflect``: rewritten by the reflection LM, ``merge``, ``manual``)."""
     from collections import Counter
 
-    from fst_lab.runs import load_run
-
-    return dict(sorted(Counter(h.lineage.origin for h in load_run(rd).all_harnesses().values()).items()))
+    return dict(sorted(Counter(h.lineage.origin for h in _view(rd).all_harnesses().values()).items()))
 
 
 # What an invalid reflective proposal's detail says (fst_lab.adapter.extract_proposal), and the outcome it counts as.
@@ -958,7 +961,7 @@ def _round_cut_off(reflection: dict, max_tokens: int | None) -> bool | None:
     return False if tokens < max_tokens or calls == 1 else None
 
 
-def reflection_outcomes(rd: Path) -> dict[str, int]:
+def reflection_outcomes(rd) -> dict[str, int]:
     """What became of each reflective proposal of a run, from its fast rounds' proposal logs: ``accepted``,
     ``rejected (minibatch)`` (valid, lost on GEPA's minibatch), ``no change``, ``cut off at the token limit``,
     ``reply ended inside its fence`` (an opening fence, then the end of the reply), ``no fenced block``,
@@ -967,9 +970,7 @@ def reflection_outcomes(rd: Path) -> dict[str, int]:
     ``fast.reflection_max_tokens`` where those decide it. Empty for RL-only (no fast rounds)."""
     from collections import Counter
 
-    from fst_lab.runs import load_run
-
-    run = load_run(rd)
+    run = _view(rd)
     max_tokens = (run.config.get("fast") or {}).get("reflection_max_tokens")
     counts: Counter = Counter()
     for d in run.fast_rounds():
@@ -1020,8 +1021,8 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
         for r in runs.values():
             rd = Path(root) / r["name"] if root is not None else None
             if rd is not None and rd.is_dir():  # re-read every time: cheap, and the classification may improve
-                r["harness_origins"] = harness_origins(rd)
-                r["reflection_outcomes"] = reflection_outcomes(rd)
+                view = _view(rd)
+                r["harness_origins"], r["reflection_outcomes"] = harness_origins(view), reflection_outcomes(view)
         merged["runs"] = list(runs.values())
         merged["grid"] = list(dict.fromkeys(cur.get("grid", []) + res.get("grid", [])))
         merged["commands"] = list(dict.fromkeys(cur.get("commands", []) + res.get("commands", [])))

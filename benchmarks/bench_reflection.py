@@ -34,8 +34,8 @@ MODULE = "benchmarks.bench_reflection"
 VALID = "valid harness"
 
 
-def probe(policy, task, seed_h, pool, *, caps: list[int], reps: int, minibatch: int, max_new_tokens: int,
-          seed: int, res: dict, out) -> list[dict]:
+def probe(policy, task, seed_h, pool, *, comps: list[str], caps: list[int], reps: int, minibatch: int,
+          max_new_tokens: int, seed: int, res: dict, out) -> list[dict]:
     """One row per (repetition, component, cap): the proposal's outcome, reply tokens and seconds."""
     from benchmarks.bench_powered import reflection_outcome
     from fst_lab.adapter import HarnessAdapter
@@ -44,7 +44,6 @@ def probe(policy, task, seed_h, pool, *, caps: list[int], reps: int, minibatch: 
     register_local_policy(policy, "policy")
     rng = random.Random(seed)
     cand = seed_h.to_candidate()
-    comps = [c for c in seed_h.to_candidate() if c in seed_h.evolvable]
     rows: list[dict] = []
     for rep in range(reps):
         batch = rng.sample(pool, min(minibatch, len(pool)))
@@ -134,7 +133,7 @@ def run(args) -> dict:
     for lg in quiet:
         lg.setLevel(logging.ERROR)
     try:
-        probe(policy, task, seed_h, pool, caps=caps, reps=reps, minibatch=minibatch,
+        probe(policy, task, seed_h, pool, comps=comps, caps=caps, reps=reps, minibatch=minibatch,
               max_new_tokens=args.max_new_tokens, seed=0, res=res, out=args.out)
     finally:
         for lg, level in zip(quiet, levels):
