@@ -69,11 +69,37 @@ def mean_at_k(policy, targets: Sequence[tuple[str, Harness]], examples, task, *,
         key = "reward" if len(targets) == 1 and label == "best" else f"reward_{label}"
         result[key] = sum(rewards) / max(1, len(rewards))
         result.setdefault("harness_ids", {})[label] = h.id
+        if len(targets) == 1:
+            result.update(answer_stats(task, examples, trajs))
         if on_progress is not None:
             on_progress(i + 1, len(targets))
     if "reward" not in result:
         result["reward"] = max(v for key, v in result.items() if key.startswith("reward_"))
     return result, trajs_all
+
+
+def answer_stats(task, examples, trajectories) -> dict[str, Any]:
+    """How concentrated the answers are, so a reward that a constant answer would earn is not read as skill.
+
+    From each example's first sample: ``answer_top`` (the most common answer, None if none parsed),
+    ``answer_top_share`` (its share of the examples; 1.0 = the same answer to everything),
+    ``answer_unparsed`` (share with no answer) and ``constant_floor`` (the reward of giving the most common
+    *correct* answer to every example, on an exact-match task: 0.5 on balanced SUPPORTED / NOT_SUPPORTED).
+    Empty when there are no examples."""
+    from collections import Counter
+
+    from fst_lab.tasks.base import answer_key
+
+    if not examples:
+        return {}
+    first = {t.example_id: t for t in trajectories if t.sample == 0}
+    keys = [answer_key(task, first[e.id]) if e.id in first else None for e in examples]
+    parsed = Counter(k for k in keys if k is not None)
+    top, count = parsed.most_common(1)[0] if parsed else (None, 0)
+    gold = Counter(str(e.answer) for e in examples)
+    n = len(examples)
+    return {"answer_top": top, "answer_top_share": count / n, "answer_unparsed": keys.count(None) / n,
+            "constant_floor": max(gold.values()) / n}
 
 
 def plasticity(weights, task_name: str, config, *, level: int, steps: int,

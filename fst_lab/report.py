@@ -11,6 +11,7 @@ from typing import Sequence
 from fst_lab import records
 from fst_lab.records import EVAL, FAST, LABELS, SLOW
 from fst_lab.runs import load_run
+from fst_lab.ui import render
 
 
 def summary_rows(run_dirs: Sequence[str | Path]) -> list[dict]:
@@ -27,6 +28,7 @@ def summary_rows(run_dirs: Sequence[str | Path]) -> list[dict]:
             "samples_rl": c.get("samples_rl", 0), "samples_fast": c.get("samples_fast", 0),
             "val_first": ev[0] if ev else None, "val_last": ev[-1] if ev else None,
             "val_max": max(ev) if ev else None,
+            "answers_last": render.answers_text(records.latest(run.metrics, EVAL, "answer_top_share")),
             "train_reward_last": slow_last["reward"] if slow_last else None,
             "kl_last": kl_last["kl"] if kl_last else None,
             "best_fast_val": max(fast_best) if fast_best else None,

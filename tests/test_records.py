@@ -113,6 +113,7 @@ def test_old_run_directories_load_with_todays_keys(tmp_path):
 
     row = summary_rows([d])[0]
     assert (row["kl_last"], row["val_first"], row["val_last"]) == (0.03, 0.1, 0.3)
+    assert row["answers_last"] is None  # written before evaluations recorded their answers
 
 
 def test_proposals_are_read_from_each_round_and_summarised_for_compare(run_dir, tmp_path):

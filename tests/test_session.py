@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from fst_lab.config import FSTConfig
 from fst_lab.models import tiny_policy
 from fst_lab.runs import load_run
 from fst_lab.session import Session, SessionError
+from fst_lab.tasks.base import answer_key
 
 
 def tiny_config(tmp_path, **kw) -> FSTConfig:
@@ -214,6 +216,12 @@ def test_evaluate_variants_and_ablation(tmp_path):
                        "trained_weights+seed_harness", "trained_weights+evolved_harness"}
     recs = [json.loads(line) for line in (s.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(x["kind"] == "ablation" for x in recs)
+    s.evaluate()  # recorded: with how concentrated its answers were, from the same trajectories
+    ev = [x for x in recs + [json.loads(s.run_dir.joinpath("metrics.jsonl").read_text().splitlines()[-1])]
+          if x["kind"] == "eval"][-1]
+    exs = s.task.examples("val", s.config.eval_size)
+    assert ev["constant_floor"] == max(collections.Counter(str(e.answer) for e in exs).values()) / len(exs)
+    assert ev["answer_unparsed"] == sum(answer_key(s.task, t) is None for t in s.last_trajectories) / len(exs)
 
 
 def test_ctrl_c_after_the_trainer_finished_a_step_still_counts_it(tmp_path):

@@ -234,3 +234,37 @@ def test_hover_negative_claims_are_false_in_corpus():
             if prefix in claim:
                 value = claim.split(prefix, 1)[1]
                 assert (value in evidence) == (ex.answer == "SUPPORTED"), (claim, evidence)
+
+
+def test_answer_stats_show_when_a_reward_is_what_a_constant_answer_earns():
+    """HoVer's labels are balanced, so answering SUPPORTED to everything scores exactly 0.5: the evaluation's
+    answer statistics must say so (an RL run that collapses to one label looks like a 0.5 'skill')."""
+    from fst_lab.evaluation import answer_stats
+    from fst_lab.tasks.base import answer_key
+
+    t = small("hover")
+    exs = t.examples("val")
+
+    def trajs(texts):
+        return [Trajectory(example_id=e.id, harness_id="h", sample=0, messages=[], n_prompt_messages=0,
+                           final_text=x) for e, x in zip(exs, texts)]
+
+    const = trajs(["Answer: supported"] * len(exs))
+    st = answer_stats(t, exs, const)
+    assert st == {"answer_top": "SUPPORTED", "answer_top_share": 1.0, "answer_unparsed": 0.0, "constant_floor": 0.5}
+    assert sum(t.score(e, x).reward for e, x in zip(exs, const)) / len(exs) == st["constant_floor"]
+    right = trajs([f"Answer: {e.answer.lower().replace('_', ' ')}" for e in exs[:-1]] + ["Answer: maybe"])
+    st = answer_stats(t, exs, right)
+    assert st["answer_top_share"] == 0.5 and st["answer_unparsed"] == pytest.approx(0.1)
+    # Only each example's first sample counts; a sample of another example is not mistaken for it.
+    extra = Trajectory(example_id=exs[0].id, harness_id="h", sample=1, messages=[], n_prompt_messages=0,
+                       final_text="Answer: NOT_SUPPORTED")
+    assert answer_stats(t, exs, const + [extra])["answer_top_share"] == 1.0
+    assert answer_stats(t, [], []) == {}
+    # Math reads the number the scorer reads; a task without its own key falls back to the Answer line.
+    m = small("math")
+    assert answer_key(m, traj("so 3 + 4 = 7.0\nAnswer: 3 + 4 = 7.0")) == answer_key(m, traj("Answer: 7")) == "7"
+    assert answer_key(m, traj("Answer: none")) is None
+    c = small("codeio")
+    assert not hasattr(c, "answer_key")
+    assert answer_key(c, traj("Answer:   Foo   BAR ")) == "foo bar"

@@ -330,3 +330,23 @@ def test_result_summary_states_the_result():
     line = render.result_summary(recs)
     assert "validation 0.375 → 0.562" in line
     assert "base+seed 0.375" in line and "trained+evolved 0.562" in line
+    assert "one answer" not in line  # records without answer statistics (older runs) say nothing of them
+
+
+def test_result_summary_calls_out_a_reward_a_constant_answer_earns(tmp_path):
+    """An RL run on balanced labels can collapse to one answer and read 0.5: the summary says so, and
+    `fst-lab compare` shows every run's last answer distribution; a varied evaluation raises no flag."""
+    from fst_lab.report import summary_rows
+
+    ev = {"kind": "eval", "reward": 0.5, "samples": 96, "answer_top": "SUPPORTED", "answer_top_share": 1.0,
+          "answer_unparsed": 0.0, "constant_floor": 0.5}
+    line = render.result_summary([{"kind": "eval", "reward": 0.56, "samples": 0}, ev])
+    assert "⚠ last evaluation gave one answer: 100% 'SUPPORTED' (a constant answer scores 0.500)" in line
+    varied = {**ev, "reward": 0.7, "answer_top_share": render.COLLAPSE_SHARE - 0.05}
+    assert "one answer" not in render.result_summary([varied])
+    assert render.answers_text({**ev, "answer_top": None, "answer_top_share": 0.0}) == "no answer parsed"
+    assert render.answers_text({"kind": "eval", "reward": 0.5}) is None
+    (tmp_path / "config.yaml").write_text("mode: rl\ntask: hover\n")
+    (tmp_path / "state.json").write_text("{}")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(ev) + "\n")
+    assert summary_rows([tmp_path])[0]["answers_last"] == "100% 'SUPPORTED' (a constant answer scores 0.500)"

@@ -80,6 +80,18 @@ _ANSWER_RE = re.compile(r"answer\s*[:=]\s*(.+)", re.IGNORECASE)
 _BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
+def answer_key(task: Task, trajectory: TrajectoryView) -> str | None:
+    """The answer a rollout gave, normalised so equal answers compare equal; None when none parses.
+
+    A task may define ``answer_key(trajectory)`` (HoVer maps 'not supported' to NOT_SUPPORTED, math
+    maps '7.0' to 7); otherwise the 'Answer: X' line, case-folded with its whitespace collapsed."""
+    own = getattr(task, "answer_key", None)
+    if callable(own):
+        return own(trajectory)
+    raw = extract_answer(getattr(trajectory, "final_text", "") or "")
+    return " ".join(raw.casefold().split()) if raw else None
+
+
 def extract_answer(text: str) -> str | None:
     """The model's final answer: the last 'Answer: X' line, else the last \\boxed{X}; None if absent."""
     if not text:

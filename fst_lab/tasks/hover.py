@@ -285,6 +285,10 @@ class HoverTask(GeneratedTask):
         return Score(0.0, f"Wrong label: expected {expected}, but the answer was {got}. "
                           f"The corpus says: {evidence}{tool_note}{note}")
 
+    def answer_key(self, trajectory) -> str | None:
+        """SUPPORTED / NOT_SUPPORTED as the scorer reads it; None when neither parses."""
+        return normalise_label(extract_answer(trajectory.final_text or ""))
+
     def _tool_feedback(self, example, trajectory) -> str:
         chain = list(example.meta.get("chain", []))
         calls = list(getattr(trajectory, "tool_calls", None) or [])

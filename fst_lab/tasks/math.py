@@ -119,6 +119,12 @@ class MathTask(GeneratedTask):
         return Score(0.0, f"Wrong value: expected {exp_s}, but the answer was {format_number(got)}."
                           + (f" Worked solution: {sol}." if sol else "") + note)
 
+    def answer_key(self, trajectory) -> str | None:
+        """The number the scorer reads, formatted ('7.0' and '7' are one answer); None when none parses."""
+        raw = extract_answer(trajectory.final_text or "")
+        got = None if raw is None else parse_number(_after_last_equals(raw))
+        return None if got is None else format_number(got)
+
 
 def _after_last_equals(s: str) -> str:
     """In 'Answer: 3 + 4 = 7' the result is what follows the last '='."""

@@ -90,6 +90,21 @@ def status_html(st: Mapping[str, Any], state: Mapping[str, Any] | None = None) -
 
 
 # ---------------------------------------------------------------------------- results
+COLLAPSE_SHARE = 0.9  # an evaluation giving one answer to this share of its examples is called out
+
+
+def answers_text(rec: Mapping[str, Any] | None) -> str | None:
+    """"100% 'SUPPORTED' (a constant answer scores 0.500)" for an eval record with answer statistics
+    (:func:`fst_lab.evaluation.answer_stats`), "no answer parsed" when none parsed; None without them."""
+    if not rec or not isinstance(rec.get("answer_top_share"), (int, float)):
+        return None
+    if rec.get("answer_top") is None:
+        return "no answer parsed"
+    floor = rec.get("constant_floor")
+    return (f"{rec['answer_top_share']:.0%} {rec['answer_top']!r}"
+            + (f" (a constant answer scores {floor:.3f})" if isinstance(floor, (int, float)) else ""))
+
+
 def result_summary(metrics: Sequence[Mapping[str, Any]]) -> str:
     """One line: validation reward first → last (best) and the 2x2 ablation, or what is missing."""
     recs = R.normalize_all([dict(m) for m in metrics])
@@ -100,6 +115,9 @@ def result_summary(metrics: Sequence[Mapping[str, Any]]) -> str:
         best = max(r["reward"] for r in ev)
         parts.append(f"validation {first:.3f} → {last:.3f}" + (f" (best {best:.3f})" if best > last else "")
                      + f" over {len(ev)} evaluation{'s' if len(ev) != 1 else ''}")
+        share = ev[-1].get("answer_top_share")
+        if isinstance(share, (int, float)) and share >= COLLAPSE_SHARE:
+            parts.append(f"⚠ last evaluation gave one answer: {answers_text(ev[-1])}")
     else:
         parts.append("not evaluated yet")
     ab = R.latest(recs, R.ABLATION)
