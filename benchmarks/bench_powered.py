@@ -3,6 +3,7 @@
     python -m benchmarks.bench_powered --plan        # plan of one run, fast/slow share, which runs are done
     nohup python -m benchmarks.bench_powered --threads 1 --tasks math --deadline 50 > runs/powered-math.log 2>&1 &
     python -m benchmarks.bench_powered --analyse     # re-analyse benchmarks/results/powered.json, redraw the plots
+    python -m benchmarks.bench_powered --answers --tasks hover   # older finished runs: their final answers
     python -m benchmarks.bench_powered --variant gemma_reflector --modes fst,gepa   # Gemma-3-270M reflects
     python -m benchmarks.bench_powered --smoke       # tiny random model, 2 seeds, 2 RL steps per run (CI)
 
@@ -43,6 +44,7 @@ import random
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from benchmarks.common import (REPO, load_result, loadavg, machine_info, mean_ci, new_result, parse_args, plot_dir,
@@ -204,7 +206,9 @@ def serve_gemma() -> str:
 
 
 # ---------------------------------------------------------------------------- one run
-EVAL_KEEP = ("samples", "samples_rl", "samples_fast", "rl_step", "fast_round", "cycle", "reward", "kl")
+ANSWER_KEYS = ("answer_top", "answer_top_share", "answer_unparsed", "constant_floor")  # evaluation.answer_stats
+EVAL_KEEP = ("samples", "samples_rl", "samples_fast", "rl_step", "fast_round", "cycle", "reward", "kl", *ANSWER_KEYS)
+COLLAPSE_SHARE = 0.9  # fst_lab.ui.render's threshold for "one answer to everything"
 
 
 def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: int | None,
@@ -290,6 +294,39 @@ def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: 
                       "kl": (records.latest(metrics, "eval", "kl") or {}).get("kl"),
                       "train_reward": (last_slow or {}).get("reward")},
             "evals": evals, "ablation": ablation}
+
+
+def final_answers(rec: dict) -> dict | None:
+    """The final evaluation's answer statistics: recorded with it (runs finished since they existed) or
+    added by ``--answers`` (older runs, re-evaluated); None when neither."""
+    last = (rec.get("evals") or [{}])[-1]
+    if last.get("answer_top_share") is not None:
+        return {k: last.get(k) for k in ANSWER_KEYS}
+    return rec.get("final_answers")
+
+
+def add_final_answers(out: Path, res: dict, root: Path, names: set | None, *, smoke: bool = False) -> None:
+    """Re-evaluate finished runs recorded before evaluations kept their answer statistics: the run's best
+    harness under its final weights on the same validation set (greedy, as its last evaluation was; nothing
+    is recorded in the run directory), committed to the results file one run at a time."""
+    from fst_lab.models import tiny_policy
+    from fst_lab.session import Session
+
+    todo = [r for r in res.get("runs", []) if final_answers(r) is None and (names is None or r["name"] in names)
+            and (Path(root) / r["name"]).is_dir()]
+    for i, rec in enumerate(todo):
+        t0 = time.time()
+        s = Session.resume(Path(root) / rec["name"], policy=tiny_policy(seed=0) if smoke else None, progress=False)
+        try:
+            got = s.evaluate(record=False)
+        finally:
+            s.close()
+        if abs(got["reward"] - rec["evals"][-1]["reward"]) > 1e-9:  # same weights, harness, examples, greedy
+            print(f"    note: {rec['name']} re-evaluates to {got['reward']:.4f}, recorded "
+                  f"{rec['evals'][-1]['reward']:.4f}", flush=True)
+        rec = {**rec, "final_answers": {**{k: got.get(k) for k in ANSWER_KEYS}, "reward": got["reward"]}}
+        res = commit(out, res, finished=rec, root=root)
+        print(f"[{i + 1}/{len(todo)}] {rec['name']}: {rec['final_answers']} ({time.time() - t0:.0f} s)", flush=True)
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -463,6 +500,17 @@ def analyse(res: dict) -> dict:
             if abl:
                 a["ablation"] = {k: boot_mean([x[k] for x in abl]) for k in abl[0]}
             a["wall"] = {m: boot_mean([r["seconds"] for r in rr]) for m, rr in by_mode.items()}
+            answers = {}
+            for m, rr in by_mode.items():
+                fa = [x for x in map(final_answers, rr) if x]
+                if fa:
+                    answers[m] = {"runs": len(fa), "top_share": boot_mean([x["answer_top_share"] for x in fa]),
+                                  "one_answer": sum(x["answer_top_share"] >= COLLAPSE_SHARE for x in fa),
+                                  "tops": dict(Counter(str(x["answer_top"]) for x in fa)),
+                                  "unparsed": boot_mean([x["answer_unparsed"] for x in fa]),
+                                  "constant_floor": statistics.fmean(x["constant_floor"] for x in fa)}
+            if answers:
+                a["answers"] = answers
             origins = {m: _sum_counts(r.get("harness_origins") for r in rr) for m, rr in by_mode.items() if m != "rl"}
             if any(origins.values()):
                 a["harness_origins"] = origins
@@ -513,6 +561,10 @@ def plot(res: dict, out_dir: Path, prefix: str = "powered") -> list[Path]:
             if an[key].get("target"):
                 ax.axhline(an[key]["target"]["reward"], color="grey", linestyle=":", linewidth=1,
                            label="RL-only final (mean)")
+            floors = [v["constant_floor"] for v in an[key].get("answers", {}).values()]
+            if floors and max(floors) >= 0.2:  # only where a constant answer earns something (balanced labels)
+                ax.axhline(max(floors), color="black", linestyle="-.", linewidth=1,
+                           label="one answer to every example")
             ax.set_title(f"{key}: running-max val reward")
             ax.set_xlabel(XLABEL[x])
             ax.set_ylabel("val reward (greedy mean@1)")
@@ -661,6 +713,16 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
                          "inside its fence`: the LM ended its reply on its own after an opening fence (often a bare "
                          "`` ``` ``); `unclosed fence (cause unknown)`: one of those two, in a round whose token totals "
                          "can't tell which; `broken harness`: e.g. a template placeholder dropped):")
+    arows = [{"variant/task": key, "mode": m, "runs": d["runs"], "top-answer share": _ci(d["top_share"]),
+              f"runs with one answer to ≥ {COLLAPSE_SHARE:.0%}": d["one_answer"],
+              "most common answer (runs)": ", ".join(f"{k} ({v})" for k, v in d["tops"].items()),
+              "no answer": _ci(d["unparsed"]), "a constant answer scores": f"{d['constant_floor']:.3f}"}
+             for key, a in an.items() for m, d in a.get("answers", {}).items()]
+    if arows:
+        out += ["The final evaluation's answers (each example's greedy answer; `top-answer share`: the share of the "
+                "64 examples given the run's most common answer, mean [95% bootstrap] over seeds). A reward near "
+                "what a constant answer scores, with a top-answer share near 100%, is a run that learnt to give "
+                "one label, not to verify claims:", "", table(arows), ""]
     srows = []
     for key, a in an.items():
         if "speedup_samples" in a:
@@ -1074,6 +1136,9 @@ def main(argv=None) -> dict:
                        help="print the plan, the fast/slow share and the grid's state, record the planned grid; "
                             "train nothing")
         p.add_argument("--analyse", action="store_true", help="only re-analyse the results file and redraw the plots")
+        p.add_argument("--answers", action="store_true",
+                       help="re-evaluate finished runs of --tasks (or --only) whose record lacks the final evaluation's "
+                            "answer statistics, and record them; train nothing")
 
     args = parse_args(__doc__.splitlines()[0], argv, extra)
     args.argv = argv
@@ -1083,11 +1148,17 @@ def main(argv=None) -> dict:
     args.seeds = [int(s) for s in (args.seeds or ("0,1" if args.smoke else ",".join(map(str, SEEDS)))).split(",")]
     args.modes = [m for m in args.modes.split(",") if m]
     args.only = set(args.only.split(",")) if args.only else None
-    if args.analyse:
+    if args.analyse or args.answers:
         res = load_result(args.out, NAME)
         if res is None:
             raise SystemExit(f"no {NAME}.json in {args.out}")
-        finish(res, Path(args.out), args.smoke, Path(args.runs_root) if args.runs_root else None)
+        root = Path(args.runs_root) if args.runs_root else None
+        if args.answers:
+            wanted = {r["name"] for r in res.get("runs", []) if r["task"] in args.tasks}
+            add_final_answers(Path(args.out), res, root or (Path(args.out) / "runs" if args.smoke else RUNS_ROOT),
+                              args.only & wanted if args.only else wanted, smoke=args.smoke)
+            res = load_result(args.out, NAME)
+        finish(res, Path(args.out), args.smoke, root)
     else:
         res = run(args)
     if not args.plan:

@@ -157,6 +157,25 @@ def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
     more = bp.markdown({**again, "grid": again["grid"] + ["hover-rl-s0"]})
     assert "Missing (not started): hover-rl-s0" in more
 
+    # Each run's final answers (a collapse to one label reads as a reward): kept with its last evaluation;
+    # a record from before that is re-evaluated by --answers to the same reward and the same statistics.
+    assert {m: d["runs"] for m, d in an["answers"].items()} == {m: 2 for m in bp.MODES}
+    assert "The final evaluation's answers" in text
+    from benchmarks.common import save_result
+
+    res = load_result(a, "powered")
+    old = next(r for r in res["runs"] if r["name"] == "math-rl-s1")
+    want = bp.final_answers(old)
+    assert set(want) == set(bp.ANSWER_KEYS) and 0.0 <= want["answer_top_share"] <= 1.0
+    for e in old["evals"]:
+        for k in bp.ANSWER_KEYS:
+            del e[k]
+    assert bp.final_answers(old) is None
+    save_result(a, "powered", res)
+    bp.main(["--smoke", "--out", str(a), "--answers", "--only", "math-rl-s1"])
+    new = next(r for r in load_result(a, "powered")["runs"] if r["name"] == "math-rl-s1")
+    assert bp.final_answers(new) == {**want, "reward": old["evals"][-1]["reward"]}
+
 
 @pytest.mark.slow
 def test_powered_run_killed_mid_run_keeps_its_time_to_its_last_step(tmp_path):
