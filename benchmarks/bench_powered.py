@@ -296,37 +296,47 @@ def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: 
             "evals": evals, "ablation": ablation}
 
 
-def final_answers(rec: dict) -> dict | None:
-    """The final evaluation's answer statistics: recorded with it (runs finished since they existed) or
-    added by ``--answers`` (older runs, re-evaluated); None when neither."""
-    last = (rec.get("evals") or [{}])[-1]
-    if last.get("answer_top_share") is not None:
-        return {k: last.get(k) for k in ANSWER_KEYS}
-    return rec.get("final_answers")
+def answers(rec: dict, which: str = "final") -> dict | None:
+    """The answer statistics of a run's ``start`` or ``final`` evaluation: recorded with it (runs finished since
+    evaluations keep them) or added by ``--answers`` (older runs, re-evaluated); None when neither."""
+    ev = (rec.get("evals") or [{}])[0 if which == "start" else -1]
+    if ev.get("answer_top_share") is not None:
+        return {k: ev.get(k) for k in ANSWER_KEYS}
+    return rec.get(f"{which}_answers")
 
 
-def add_final_answers(out: Path, res: dict, root: Path, names: set | None, *, smoke: bool = False) -> None:
-    """Re-evaluate finished runs recorded before evaluations kept their answer statistics: the run's best
-    harness under its final weights on the same validation set (greedy, as its last evaluation was; nothing
-    is recorded in the run directory), committed to the results file one run at a time."""
+def add_answers(out: Path, res: dict, root: Path, names: set | None, *, smoke: bool = False) -> None:
+    """Re-evaluate finished runs recorded before evaluations kept their answer statistics, committed to the
+    results file one run at a time: ``final`` = the run's best harness under its final weights, ``start`` = the
+    seed harness under the base weights (one run per task and seed: every mode starts there), both on the same
+    validation set and greedy, as the recorded evaluations were; nothing is written in the run directory."""
     from fst_lab.models import tiny_policy
     from fst_lab.session import Session
 
-    todo = [r for r in res.get("runs", []) if final_answers(r) is None and (names is None or r["name"] in names)
-            and (Path(root) / r["name"]).is_dir()]
-    for i, rec in enumerate(todo):
+    runs = [r for r in res.get("runs", []) if (names is None or r["name"] in names) and (Path(root) / r["name"]).is_dir()]
+    started = {(r["task"], r["variant"], r["seed"]) for r in res.get("runs", []) if answers(r, "start")}
+    for i, rec in enumerate(runs):
+        todo = {"final": {}} if answers(rec) is None else {}
+        if (rec["task"], rec["variant"], rec["seed"]) not in started:
+            todo["start"] = {"weights": "base", "harness": "seed"}
+            started.add((rec["task"], rec["variant"], rec["seed"]))
+        if not todo:
+            continue
         t0 = time.time()
         s = Session.resume(Path(root) / rec["name"], policy=tiny_policy(seed=0) if smoke else None, progress=False)
         try:
-            got = s.evaluate(record=False)
+            for which, kw in todo.items():
+                got = s.evaluate(record=False, **kw)
+                recorded = rec["evals"][0 if which == "start" else -1]["reward"]
+                if abs(got["reward"] - recorded) > 1e-9:  # same weights, harness, examples, greedy
+                    print(f"    note: {rec['name']} {which} re-evaluates to {got['reward']:.4f}, recorded "
+                          f"{recorded:.4f}", flush=True)
+                rec = {**rec, f"{which}_answers": {**{k: got.get(k) for k in ANSWER_KEYS}, "reward": got["reward"]}}
         finally:
             s.close()
-        if abs(got["reward"] - rec["evals"][-1]["reward"]) > 1e-9:  # same weights, harness, examples, greedy
-            print(f"    note: {rec['name']} re-evaluates to {got['reward']:.4f}, recorded "
-                  f"{rec['evals'][-1]['reward']:.4f}", flush=True)
-        rec = {**rec, "final_answers": {**{k: got.get(k) for k in ANSWER_KEYS}, "reward": got["reward"]}}
         res = commit(out, res, finished=rec, root=root)
-        print(f"[{i + 1}/{len(todo)}] {rec['name']}: {rec['final_answers']} ({time.time() - t0:.0f} s)", flush=True)
+        print(f"[{i + 1}/{len(runs)}] {rec['name']}: " + "; ".join(f"{w} {rec[f'{w}_answers']}" for w in todo)
+              + f" ({time.time() - t0:.0f} s)", flush=True)
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -500,17 +510,21 @@ def analyse(res: dict) -> dict:
             if abl:
                 a["ablation"] = {k: boot_mean([x[k] for x in abl]) for k in abl[0]}
             a["wall"] = {m: boot_mean([r["seconds"] for r in rr]) for m, rr in by_mode.items()}
-            answers = {}
-            for m, rr in by_mode.items():
-                fa = [x for x in map(final_answers, rr) if x]
+            got = {}
+            starts = {}  # every mode of a seed starts from the same evaluation: one per seed
+            for r in runs:
+                if r["task"] == task and r["variant"] in ("default", variant) and answers(r, "start"):
+                    starts.setdefault(r["seed"], answers(r, "start"))
+            for m, fa in [("start", list(starts.values()))] + [(m, [x for x in map(answers, rr) if x])
+                                                                 for m, rr in by_mode.items()]:
                 if fa:
-                    answers[m] = {"runs": len(fa), "top_share": boot_mean([x["answer_top_share"] for x in fa]),
+                    got[m] = {"runs": len(fa), "top_share": boot_mean([x["answer_top_share"] for x in fa]),
                                   "one_answer": sum(x["answer_top_share"] >= COLLAPSE_SHARE for x in fa),
                                   "tops": dict(Counter(str(x["answer_top"]) for x in fa)),
                                   "unparsed": boot_mean([x["answer_unparsed"] for x in fa]),
                                   "constant_floor": statistics.fmean(x["constant_floor"] for x in fa)}
-            if answers:
-                a["answers"] = answers
+            if len(got) > 1 or (got and "start" not in got):
+                a["answers"] = got
             origins = {m: _sum_counts(r.get("harness_origins") for r in rr) for m, rr in by_mode.items() if m != "rl"}
             if any(origins.values()):
                 a["harness_origins"] = origins
@@ -720,9 +734,10 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
              for key, a in an.items() for m, d in a.get("answers", {}).items()]
     if arows:
         out += ["The final evaluation's answers (each example's greedy answer; `top-answer share`: the share of the "
-                "64 examples given the run's most common answer, mean [95% bootstrap] over seeds). A reward near "
-                "what a constant answer scores, with a top-answer share near 100%, is a run that learnt to give "
-                "one label, not to verify claims:", "", table(arows), ""]
+                "validation examples given the run's most common answer, mean [95% bootstrap] over seeds; `start`: "
+                "the evaluation every mode of a seed starts from). A reward near what a constant answer scores, "
+                "with a top-answer share near 100%, is a run that learnt to give one answer, not to solve the "
+                "task:", "", table(arows), ""]
     srows = []
     for key, a in an.items():
         if "speedup_samples" in a:
@@ -1155,7 +1170,7 @@ def main(argv=None) -> dict:
         root = Path(args.runs_root) if args.runs_root else None
         if args.answers:
             wanted = {r["name"] for r in res.get("runs", []) if r["task"] in args.tasks}
-            add_final_answers(Path(args.out), res, root or (Path(args.out) / "runs" if args.smoke else RUNS_ROOT),
+            add_answers(Path(args.out), res, root or (Path(args.out) / "runs" if args.smoke else RUNS_ROOT),
                               args.only & wanted if args.only else wanted, smoke=args.smoke)
             res = load_result(args.out, NAME)
         finish(res, Path(args.out), args.smoke, root)

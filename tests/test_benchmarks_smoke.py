@@ -159,22 +159,25 @@ def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
 
     # Each run's final answers (a collapse to one label reads as a reward): kept with its last evaluation;
     # a record from before that is re-evaluated by --answers to the same reward and the same statistics.
-    assert {m: d["runs"] for m, d in an["answers"].items()} == {m: 2 for m in bp.MODES}
+    assert {m: d["runs"] for m, d in an["answers"].items()} == {m: 2 for m in ("start", *bp.MODES)}
     assert "The final evaluation's answers" in text
     from benchmarks.common import save_result
 
     res = load_result(a, "powered")
     old = next(r for r in res["runs"] if r["name"] == "math-rl-s1")
-    want = bp.final_answers(old)
-    assert set(want) == set(bp.ANSWER_KEYS) and 0.0 <= want["answer_top_share"] <= 1.0
-    for e in old["evals"]:
-        for k in bp.ANSWER_KEYS:
-            del e[k]
-    assert bp.final_answers(old) is None
+    want = {w: bp.answers(old, w) for w in ("start", "final")}
+    assert set(want["final"]) == set(bp.ANSWER_KEYS) and 0.0 <= want["final"]["answer_top_share"] <= 1.0
+    for r in res["runs"]:  # as recorded before: no statistics in math-rl-s1's evaluations, nor in seed 1's starts
+        for e in r["evals"] if r["name"] == "math-rl-s1" else r["evals"][:1] if r["seed"] == 1 else []:
+            for k in bp.ANSWER_KEYS:
+                del e[k]
+    assert bp.answers(old) is None and bp.answers(old, "start") is None
     save_result(a, "powered", res)
     bp.main(["--smoke", "--out", str(a), "--answers", "--only", "math-rl-s1"])
     new = next(r for r in load_result(a, "powered")["runs"] if r["name"] == "math-rl-s1")
-    assert bp.final_answers(new) == {**want, "reward": old["evals"][-1]["reward"]}
+    assert bp.answers(new) == {**want["final"], "reward": old["evals"][-1]["reward"]}
+    assert bp.answers(new, "start") == {**want["start"], "reward": old["evals"][0]["reward"]}
+    assert load_result(a, "powered")["analysis"]["default/math"]["answers"]["start"]["runs"] == 2  # seeds 0, 1
 
 
 @pytest.mark.slow
