@@ -49,6 +49,7 @@ from pathlib import Path
 
 from benchmarks.common import (REPO, load_result, loadavg, machine_info, mean_ci, new_result, parse_args, plot_dir,
                                plt, save_result, table)
+from fst_lab.ui.render import COLLAPSE_SHARE  # the threshold of "one answer to everything" the UI calls out
 
 NAME = "powered"
 MODULE = "benchmarks.bench_powered"
@@ -208,7 +209,6 @@ def serve_gemma() -> str:
 # ---------------------------------------------------------------------------- one run
 ANSWER_KEYS = ("answer_top", "answer_top_share", "answer_unparsed", "constant_floor")  # evaluation.answer_stats
 EVAL_KEEP = ("samples", "samples_rl", "samples_fast", "rl_step", "fast_round", "cycle", "reward", "kl", *ANSWER_KEYS)
-COLLAPSE_SHARE = 0.9  # fst_lab.ui.render's threshold for "one answer to everything"
 
 
 def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: int | None,

@@ -491,26 +491,36 @@ lost too. The cap is not the cause: the probe in the next section gives the same
 same outcomes. So at this scale FST's fast loop is
 demo bootstrapping interleaved with RL, and the result is about that operator, not about reflection. **They do
 not support**: a claim about KL (interval spans 1), a sample-efficiency factor (2.2× at the point, but the
-interval reaches past RL-only's 960 samples), anything about HoVer (one RL-only run so far) or about a reflector
-stronger than these two (a frontier model is the paper's setting and cannot run here). Running maxima over 6
+interval reaches past RL-only's 960 samples), a method comparison on HoVer (this policy is at the constant-answer
+floor there: next paragraph) or anything about a reflector stronger than these two (a frontier model is the paper's setting and cannot run here). Running maxima over 6
 evaluation points are optimistic for every mode alike; GEPA selects its harnesses on training problems, never
 on the validation set.
 
-**Status (session 11): 30 of 40 planned runs** — math complete (15 of 15). **HoVer: GEPA-only complete (5 of
-5)**: final running max 0.541 [0.503, 0.569] (per seed 0.562, 0.469, 0.578, 0.562, 0.531 from starts 0.562, 0.469,
-0.500, 0.562, 0.469: GEPA-only moves HoVer by at most +0.08, in 2 of 5 seeds; 959–1,670 s per run, 16 bootstrapped
-harnesses and 0 of 37 reflective proposals usable). RL-only seed 0 finished (0.562 → 0.641 after 6 RL steps, then
-0.625, 0.500, 0.500, 0.500). FST seed 0 is at RL step 21 of 30 and shows the same shape: 0.562 → 0.641 at step 6,
-then 0.578 and **0.406 at step 18** — on HoVer both RL-trained modes *lose* validation reward after the first
-cycle in seed 0, so the HoVer comparison will be about running maxima near step 6 unless the other seeds differ.
-Gemma variant: GEPA-only 5 of 5, FST 4 of 5 (seed 3: 0.547 → 0.922, identical to the policy reflector's seed 3 at
-every evaluation; all 4: Gemma − policy = −0.020 [−0.059, 0.000], seed 2 −0.078); seed 4 was stopped
-at its start to give the core to HoVer GEPA-only (it can only show sampling differences). Measured HoVer cost
-(one thread, another grid process on the second core): one RL step 271 s median (4.4× math's 61 s: two turns,
-~470-token sequences of which ~363 are the prompt, repeated for each of the G = 8 rollouts), a GEPA round 111 s,
-an evaluation rollout 1.4 s; peak RSS 10.7 GB (bf16), so one RL-training HoVer process at a time on 24 GB (a
-HoVer GEPA-only run beside it fits). What is left is ~22 CPU-hours (the measured line above): HoVer FST seeds
-0 (70% done)–4 and RL-only seeds 1–4, and Gemma FST seed 4 — about 11 h of two single-thread processes.
+**HoVer has no headroom for this policy (session 12).** Every HoVer evaluation so far lies within ±0.1 of what
+one constant answer scores — **0.5, because the labels are balanced** — and its movements are shifts of a label
+bias, not claim verification. Measured with the answer statistics every evaluation now records (table "The final
+evaluation's answers" above; older runs re-evaluated by `python -m benchmarks.bench_powered --answers --tasks
+hover`, each reproducing its recorded reward exactly): the start (seed harness, base weights) answers SUPPORTED to
+56–72% of the 64 claims in all 5 seeds, at rewards 0.469–0.562 (mean 0.513); **RL-only seed 0 ends answering
+SUPPORTED to 100% of them** (reward 0.500, the floor; its training reward rose 0.13 → 0.38 at temperature 1: the
+answer format plus the majority label); GEPA-only's final best harnesses tip the bias either way (NOT_SUPPORTED the
+most common answer in 3 of 5 seeds, 52–81% of answers) at rewards 0.39–0.55. So HoVer's running maxima (0.641 for
+RL-only seed 0 at step 6, 0.541 mean for GEPA-only) are the best of 6 evaluations of a policy at chance (one
+example is 0.016; a 64-example mean at 0.5 has a standard error of 0.0625). The 135M policy copies the searched
+fact back ("Mothholm is a town in Valdria.") but does not compare it with the claim. The remaining HoVer runs can
+add seeds to this picture; they cannot turn it into a comparison of the methods. `fst-lab compare` and the run
+summary in the app now say "⚠ last evaluation gave one answer: 100% 'SUPPORTED' (a constant answer scores
+0.500)" for such a run.
+
+**Status (session 12): 30 of 40 planned runs** — math complete (15 of 15), HoVer GEPA-only 5 of 5 (0.541
+[0.503, 0.569]), HoVer RL-only 1 of 5, Gemma variant: GEPA-only 5 of 5, FST 4 of 5 (all 4: Gemma − policy =
+−0.020 [−0.059, 0.000], seed 3 identical at every evaluation). HoVer seeds 1–4 run at `slow.micro_batch_size` 4
+(seeds 0 at 8): TRL's CISPO loss divides by the generation batch's token count, so the update is the same, and a
+HoVer forward+backward of 8 × 550 tokens peaks at 9.4 GB resident against 5.2 GB for 4 (79 s vs 37 s: the same
+tokens per second) — two HoVer RL runs now fit on the 24 GB machine, halving the wall time left. Measured HoVer
+cost (one thread, another grid process on the second core): one RL step 271 s median (4.4× math's 61 s: two
+turns, ~470-token sequences of which ~363 are the prompt, repeated for each of the G = 8 rollouts), a GEPA round
+111 s, an evaluation rollout 1.4 s.
 
 - *How the paper's share was matched.* Same T = 6, K = 4, G = 8 and 5 GEPA passes as the paper; every
   batch scaled by 1/8 from `configs/paper/math.yaml` (32 -> 4 problems per RL step, 32/32 -> 4/4 GEPA

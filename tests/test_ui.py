@@ -346,6 +346,13 @@ def test_result_summary_calls_out_a_reward_a_constant_answer_earns(tmp_path):
     assert "one answer" not in render.result_summary([varied])
     assert render.answers_text({**ev, "answer_top": None, "answer_top_share": 0.0}) == "no answer parsed"
     assert render.answers_text({"kind": "eval", "reward": 0.5}) is None
+    # The notebook dashboard's status shows the last evaluation, and the same warning under it.
+    st = {"mode": "rl", "task": "hover", "cycle": 1, "rl_step": 6, "fast_round": 0, "samples": 192}
+    html = render.status_html(st, {"busy": False}, last_eval=ev)
+    assert "last evaluation 0.500" in html and "⚠ it gave one answer: 100% &#x27;SUPPORTED&#x27;" in html
+    html = render.status_html(st, {"busy": False}, last_eval=varied)
+    assert "last evaluation 0.700" in html and "one answer" not in html
+    assert "last evaluation" not in render.status_html(st, {"busy": False})
     (tmp_path / "config.yaml").write_text("mode: rl\ntask: hover\n")
     (tmp_path / "state.json").write_text("{}")
     (tmp_path / "metrics.jsonl").write_text(json.dumps(ev) + "\n")

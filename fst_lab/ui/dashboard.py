@@ -284,7 +284,7 @@ class Dashboard:
             log.debug("status unavailable: %s", e)
             return
         state = state or self.runner.state()
-        html = render.status_html(st, state)
+        html = render.status_html(st, state, last_eval=records.latest(self.session.metrics, records.EVAL, "reward"))
         if force or self.status.value != html:
             self.status.value = html
         self._shown = (state, html)

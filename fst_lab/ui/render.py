@@ -70,9 +70,11 @@ def state_line(state: Mapping[str, Any]) -> str:
     return line
 
 
-def status_html(st: Mapping[str, Any], state: Mapping[str, Any] | None = None) -> str:
+def status_html(st: Mapping[str, Any], state: Mapping[str, Any] | None = None,
+                last_eval: Mapping[str, Any] | None = None) -> str:
     """The dashboard's status: busy/paused/idle and progress (from the runner state), then where the
-    run is (cycle, RL step, fast round, samples, elapsed) from ``session.status()``."""
+    run is (cycle, RL step, fast round, samples, elapsed) from ``session.status()``, then the last
+    evaluation (``last_eval``, an eval record) with a warning when it gave one answer to nearly everything."""
     state = dict(state or {"busy": st.get("busy"), "activity": st.get("activity"), "paused": st.get("paused")})
     busy, paused = bool(state.get("busy")), bool(state.get("paused"))
     color = "#b36b00" if paused else "#2ca02c" if busy else "#999"
@@ -84,7 +86,12 @@ def status_html(st: Mapping[str, Any], state: Mapping[str, Any] | None = None) -
         f"samples {esc(st.get('samples'))} (RL {esc(st.get('samples_rl'))} + fast {esc(st.get('samples_fast'))})",
         f"elapsed {float(st.get('elapsed') or 0):.1f} s",
     ]
+    if last_eval and isinstance(last_eval.get("reward"), (int, float)):
+        where.append(f"last evaluation {last_eval['reward']:.3f}")
     err = f"<div style='color:#b00'>{esc(state['error'])}</div>" if state.get("error") else ""
+    share = (last_eval or {}).get("answer_top_share")
+    if isinstance(share, (int, float)) and share >= COLLAPSE_SHARE:
+        err += f"<div style='color:#b36b00'>⚠ it gave one answer: {esc(answers_text(last_eval))}</div>"
     return (f"<div class='fst-status'><div class='fst-progress'><b>{line}</b></div>"
             f"<div>{' &nbsp;|&nbsp; '.join(where)}</div>{err}</div>")
 
