@@ -512,15 +512,21 @@ add seeds to this picture; they cannot turn it into a comparison of the methods.
 summary in the app now say "⚠ last evaluation gave one answer: 100% 'SUPPORTED' (a constant answer scores
 0.500)" for such a run.
 
-**Status (session 12): 30 of 40 planned runs** — math complete (15 of 15), HoVer GEPA-only 5 of 5 (0.541
-[0.503, 0.569]), HoVer RL-only 1 of 5, Gemma variant: GEPA-only 5 of 5, FST 4 of 5 (all 4: Gemma − policy =
-−0.020 [−0.059, 0.000], seed 3 identical at every evaluation). HoVer seeds 1–4 run at `slow.micro_batch_size` 4
-(seeds 0 at 8): TRL's CISPO loss divides by the generation batch's token count, so the update is the same, and a
-HoVer forward+backward of 8 × 550 tokens peaks at 9.4 GB resident against 5.2 GB for 4 (79 s vs 37 s: the same
-tokens per second) — two HoVer RL runs now fit on the 24 GB machine, halving the wall time left. Measured HoVer
-cost (one thread, another grid process on the second core): one RL step 271 s median (4.4× math's 61 s: two
-turns, ~470-token sequences of which ~363 are the prompt, repeated for each of the G = 8 rollouts), a GEPA round
-111 s, an evaluation rollout 1.4 s.
+**Status (session 12): 32 of 40 planned runs** — math complete (15 of 15), the Gemma variant complete (GEPA-only
+5 of 5; FST 5 of 5: Gemma − policy = −0.016 [−0.047, 0.000], seeds 0, 1, 3 and 4 end at the same running max,
+seed 2 −0.078), HoVer GEPA-only 5 of 5 (0.541 [0.503, 0.569]), **HoVer RL-only 1 of 5 and FST 1 of 5**: FST
+seed 0 finished 0.562 → 0.641 (step 6) → 0.578 → 0.406 → 0.500 → 0.469 (10,862 s over three sessions), the same
+running max as RL-only seed 0 (FST − RL-only = 0.000) and KL ratio 1.00 at matched reward; its last evaluation
+answers SUPPORTED to 62% of the claims (RL-only: 100%); its 2×2 ablation is flat at chance (0.562 / 0.516 /
+0.500 / 0.469). Missing, and why: HoVer RL-only seeds 1–4 and FST seeds 1–4 — each is 2.5–3 CPU-hours and only
+two processes fit the machine; seeds 1 of both modes are running (started 01:52 UTC) and resume next session.
+From seed 1 on, HoVer runs use `slow.micro_batch_size` 4 (seeds 0: 8): TRL's CISPO loss divides by the
+generation batch's token count, so the update is the same; a HoVer forward+backward of 8 × 550 tokens peaks at
+9.4 GB resident against 5.2 GB for 4 (79 s vs 37 s: the same tokens per second), and the FST seed-0 process
+(micro-batch 8) grew to 15.2 GB by RL step 27 — two of those cannot share the 24 GB machine, two at 4 can.
+Measured HoVer cost (one thread, another grid process on the second core): one RL step 271 s median (4.4× math's
+61 s: two turns, ~470-token sequences of which ~363 are the prompt, repeated for each of the G = 8 rollouts), a
+GEPA round 111 s, an evaluation rollout 1.4 s.
 
 - *How the paper's share was matched.* Same T = 6, K = 4, G = 8 and 5 GEPA passes as the paper; every
   batch scaled by 1/8 from `configs/paper/math.yaml` (32 -> 4 problems per RL step, 32/32 -> 4/4 GEPA
