@@ -44,6 +44,7 @@ BENCHMARKS = {
                 "FST vs RL-only vs GEPA-only, powered: 5 seeds, 30 RL steps, 64-example validation (issue 21)"),
     "reflection": ("benchmarks.bench_reflection", "reflection",
                    "The local reflector's proposals at two reply caps (why no reflective rewrite was accepted)"),
+    "memory": ("benchmarks.bench_memory", "memory", "Memory: one RL micro-batch by `slow.micro_batch_size`"),
 }
 
 LLAMA_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF" '

@@ -472,3 +472,15 @@ def test_learning_smoke_records_each_variant_and_skips_finished(tmp_path):
     assert len(again["runs"]) == 2
     summary = bl.summary(again)
     assert summary["fp32"]["seeds"] == [0] and "| fp32 | 0 |" in bl.markdown(again)
+
+
+def test_memory_smoke_measures_each_micro_batch_in_its_own_process(tmp_path):
+    """Each (precision, micro-batch) row comes from a fresh process: its peak is at least what the loaded model
+    held, the step added something, and the table names every row."""
+    from benchmarks import bench_memory as bm
+
+    res = _smoke("memory", tmp_path)
+    assert [(r["precision"], r["micro"]) for r in res["rows"]] == [(p, m) for p in bm.PRECISIONS for m in bm.MICRO[:2]]
+    for r in res["rows"]:
+        assert r["peak_mb"] >= r["loaded_mb"] > 0 and r["added_mb"] >= 0 and r["tokens_per_s"] > 0
+    assert bm.markdown(res).count("| fp32 |") == 2
