@@ -98,9 +98,9 @@ def base_config(task: str, seed: int, smoke: bool) -> dict:
 
 # Memory only: TRL's CISPO loss divides by the generation batch's token count, so gradient accumulation over
 # micro-batches of 4 or 8 completions gives the same update (up to float summation order). A HoVer
-# forward+backward of 8 x 550 tokens peaks at 9.4 GB resident against 5.2 GB for 4, at the same tokens per
-# second (measured 2026-12-02), which lets two HoVer RL runs share the 24 GB machine. Runs that had already
-# started keep the size they were started with (a run resumes with its own config).
+# forward+backward of 8 x 550 tokens peaks at 7.2 GB resident in bf16 against 4.2 GB for 4, at no loss of
+# tokens per second (benchmarks/bench_memory.py), which lets two HoVer RL runs share the 24 GB machine. Runs
+# that had already started keep the size they were started with (a run resumes with its own config).
 MICRO_BATCH = {**{("math", s): 8 for s in range(5)}, ("hover", 0): 8}
 
 

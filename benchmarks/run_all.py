@@ -523,8 +523,9 @@ answers SUPPORTED to 62% of the claims (RL-only: 100%); its 2×2 ablation is fla
 two processes fit the machine; seeds 1 of both modes are running (started 01:52 UTC) and resume next session.
 From seed 1 on, HoVer runs use `slow.micro_batch_size` 4 (seeds 0: 8): TRL's CISPO loss divides by the
 generation batch's token count, so the update is the same; a HoVer forward+backward of 8 × 550 tokens peaks at
-9.4 GB resident against 5.2 GB for 4 (79 s vs 37 s: the same tokens per second), and the FST seed-0 process
-(micro-batch 8) grew to 15.2 GB by RL step 27 — two of those cannot share the 24 GB machine, two at 4 can.
+7.2 GB resident in bf16 against 4.2 GB for 4, at no loss of tokens per second (section "Memory" below), and the
+FST seed-0 process (micro-batch 8) grew to 15.2 GB by RL step 27 — two of those cannot share the 24 GB machine,
+two at 4 can (~6 GB each).
 Measured HoVer cost (one thread, another grid process on the second core): one RL step 271 s median (4.4× math's
 61 s: two turns, ~470-token sequences of which ~363 are the prompt, repeated for each of the G = 8 rollouts), a
 GEPA round 111 s, an evaluation rollout 1.4 s.
@@ -561,6 +562,16 @@ GEPA round 111 s, an evaluation rollout 1.4 s.
   the RL steps drew the same samples. Seed 2 diverged (0.734 at step 24 against 0.813; one fewer bootstrapped
   harness) and resumes next session. With no reflective rewrite accepted from either model, the remaining
   Gemma FST seeds can only show sampling differences: they are the lowest-priority runs of the grid.
+""",
+    "memory": """
+**Reading (session 12, one thread, two HoVer grid runs on the cores beside it).** The step's memory is linear
+in the micro-batch: about **1.1 GB per 550-token completion in float32 and 0.83 GB in bf16** (LoRA keeps no
+weight gradients, so this is activations: attention scores and MLP intermediates for 30 layers), and smaller
+micro-batches were not slower per token (bf16: 78, 70, 58 tokens/s at 2, 4, 8). A whole grid process holds
+more than the step (the model, a reference copy for β > 0, the optimizer, rollouts, allocator slack): HoVer
+FST seed 0 at micro-batch 8 grew to 15.2 GB by RL step 27, the seed-1 runs at 4 sit at ~6 GB. That is why the
+powered grid's HoVer runs from seed 1 on use 4, and why two of them now share this 24 GB machine. On a GPU
+the same arithmetic sets `micro_batch_size` for long agent trajectories.
 """,
     "reflection": """
 **Reading (session 11).** The powered grid's reflective proposals all failed at this scale (table "What became of
