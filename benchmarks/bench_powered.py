@@ -999,8 +999,7 @@ def run(args) -> dict:
         res = commit(out, res, finished=rec, root=root)  # atomic, after every finished run
         print(f"    {rec['seconds']:.0f}s, val {[round(e['reward'], 3) for e in rec['evals']]}", flush=True)
     res = commit(out, res, root=root)
-    finish(res, out, smoke, root)
-    return res
+    return finish(res, out, smoke, root)
 
 
 def _view(rd):
@@ -1117,13 +1116,16 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
         merged["commands"] = list(dict.fromkeys(cur.get("commands", []) + res.get("commands", [])))
         merged["configs"] = {**cur.get("configs", {}), **res.get("configs", {})}
         prog = set(cur.get("in_progress", [])) | set(res.get("in_progress", [])) | ({started} if started else set())
+        if root is not None:  # a planned run with a run directory has started, even if its process never committed
+            prog |= {n for n in merged["grid"] if (Path(root) / n).is_dir()}
         merged["in_progress"] = sorted(prog - set(runs))
         merged["analysis"] = analyse(merged)
         save_result(out, NAME, merged)
     return merged
 
 
-def finish(res: dict, out: Path, smoke: bool, root: Path | None = None) -> None:
+def finish(res: dict, out: Path, smoke: bool, root: Path | None = None) -> dict:
+    """Commit the results file (measured cost, load) and redraw the plots; returns the file's merged content."""
     res["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if not smoke:
         res["measured"] = measured_estimate(root or RUNS_ROOT, res) or res.get("measured")
@@ -1131,6 +1133,7 @@ def finish(res: dict, out: Path, smoke: bool, root: Path | None = None) -> None:
     res = commit(out, res, root=root or (None if smoke else RUNS_ROOT))
     if res["runs"]:
         plot(res, plot_dir(out, smoke))
+    return res
 
 
 def main(argv=None) -> dict:
@@ -1173,7 +1176,7 @@ def main(argv=None) -> dict:
             add_answers(Path(args.out), res, root or (Path(args.out) / "runs" if args.smoke else RUNS_ROOT),
                               args.only & wanted if args.only else wanted, smoke=args.smoke)
             res = load_result(args.out, NAME)
-        finish(res, Path(args.out), args.smoke, root)
+        res = finish(res, Path(args.out), args.smoke, root)
     else:
         res = run(args)
     if not args.plan:

@@ -270,6 +270,13 @@ def test_powered_commit_keeps_the_files_newer_records_over_a_stale_copy(tmp_path
     bp.commit(tmp_path, stale, finished=rec("math-gepa-s1", 3.0))  # the second process finishes another run
     runs = {r["name"]: r["seconds"] for r in load_result(tmp_path, "powered")["runs"]}
     assert runs == {"math-gepa-s0": 2.0, "math-gepa-s1": 3.0}
+    # A planned run whose process has not committed yet (it commits when it stops) but whose run directory
+    # exists is in progress, not "not started"; a planned run without one is missing.
+    root = tmp_path / "runs"
+    (root / "math-rl-s0").mkdir(parents=True)
+    res = bp.commit(tmp_path, {"runs": [], "grid": ["math-gepa-s0", "math-rl-s0", "math-rl-s1"]}, root=root)
+    assert res["in_progress"] == ["math-rl-s0"]
+    assert bp.grid_status(res)[1:] == (["math-rl-s0"], ["math-rl-s1"])
 
 
 def test_powered_analysis_bands_and_reach():
