@@ -189,9 +189,12 @@ class SlowConfig:
                                  "4). Must divide G.")
     prompts_per_step: int = _f(4, "Problems per optimizer step (ours: CPU-sized). Each step trains on "
                                   "prompts_per_step * G completions; must divide by the number of processes.")
-    micro_batch_size: int | None = _f(None, "Completions per forward/backward pass on each process; smaller values "
-                                            "trade speed for memory via gradient accumulation. None: all of them "
-                                            "at once. Must divide the per-process completions.")
+    micro_batch_size: int | None = _f(None, "Completions per forward/backward pass on each process (gradient "
+                                            "accumulation over the rest; the CISPO/DAPO update is the same). The "
+                                            "step's activation memory is linear in it: ~0.8 GB per 550-token "
+                                            "completion for the 135M policy in bf16 on CPU (benchmarks/"
+                                            "bench_memory.py). None: all of them at once. Must divide the "
+                                            "per-process completions.")
     max_completion_length: int | None = _f(None, "New tokens per model turn during RL. None: each harness's "
                                                  "loop.max_new_tokens.")
     temperature: float = _f(1.0, "Sampling temperature for RL rollouts (paper: 1.0); also the temperature TRL "
