@@ -45,6 +45,8 @@ BENCHMARKS = {
     "reflection": ("benchmarks.bench_reflection", "reflection",
                    "The local reflector's proposals at two reply caps (why no reflective rewrite was accepted)"),
     "memory": ("benchmarks.bench_memory", "memory", "Memory: one RL micro-batch by `slow.micro_batch_size`"),
+    "hover_headroom": ("benchmarks.bench_hover_headroom", "hover_headroom",
+                       "HoVer headroom: can the 135M policy verify claims with any harness?"),
 }
 
 LLAMA_BUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF" '

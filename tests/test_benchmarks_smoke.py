@@ -491,3 +491,19 @@ def test_memory_smoke_measures_each_micro_batch_in_its_own_process(tmp_path):
     for r in res["rows"]:
         assert r["peak_mb"] >= r["loaded_mb"] > 0 and r["added_mb"] >= 0 and r["tokens_per_s"] > 0
     assert bm.markdown(res).count("| fp32 |") == 2
+
+
+def test_hover_headroom_smoke_scores_both_harnesses_per_gold_label(tmp_path):
+    """The probe evaluates the seed harness and the hand-written comparison harness on the same claims and
+    splits the accuracy by gold label (balanced: a one-label policy shows as 1.0 / 0.0)."""
+    from benchmarks import bench_hover_headroom as bh
+
+    res = _smoke("hover_headroom", tmp_path)
+    assert [r["harness"] for r in res["rows"]] == ["hover", "hover-compare"]
+    for r in res["rows"]:
+        assert set(r["accuracy_by_gold"]) == {"SUPPORTED", "NOT_SUPPORTED"} and r["constant_floor"] == 0.5
+        assert r["reward"] == pytest.approx(sum(r["accuracy_by_gold"].values()) / 2)  # 2 + 2 claims
+    seed = __import__("yaml").safe_load((Path(__file__).resolve().parent.parent / "harnesses" / "hover.yaml").read_text())
+    cmp = bh.compare_harness(seed)
+    assert cmp["tools"] == seed["tools"] and len(cmp["few_shot"]) == 4 and "side by side" in cmp["system_prompt"]
+    assert "| hover-compare |" in bh.markdown(res)
