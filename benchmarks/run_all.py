@@ -510,7 +510,8 @@ answer format plus the majority label); GEPA-only's final best harnesses tip the
 most common answer in 3 of 5 seeds, 52–81% of answers) at rewards 0.39–0.55. So HoVer's running maxima (0.641 for
 RL-only seed 0 at step 6, 0.541 mean for GEPA-only) are the best of 6 evaluations of a policy at chance (one
 example is 0.016; a 64-example mean at 0.5 has a standard error of 0.0625). The 135M policy copies the searched
-fact back ("Mothholm is a town in Valdria.") but does not compare it with the claim. The remaining HoVer runs can
+fact back ("Mothholm is a town in Valdria.") but does not compare it with the claim, and a hand-written harness
+that spells the comparison out does no better (0.469, NOT_SUPPORTED to 94%: section "HoVer headroom"). The remaining HoVer runs can
 add seeds to this picture; they cannot turn it into a comparison of the methods. `fst-lab compare` and the run
 summary in the app now say "⚠ last evaluation gave one answer: 100% 'SUPPORTED' (a constant answer scores
 0.500)" for such a run.
@@ -574,6 +575,16 @@ more than the step (the model, a reference copy for β > 0, the optimizer, rollo
 FST seed 0 at micro-batch 8 grew to 15.2 GB by RL step 27, the seed-1 runs at 4 sit at ~6 GB. That is why the
 powered grid's HoVer runs from seed 1 on use 4, and why two of them now share this 24 GB machine. On a GPU
 the same arithmetic sets `micro_batch_size` for long agent trajectories.
+""",
+    "hover_headroom": """
+**Reading (session 12).** The seed harness reproduces the grid's start for seed 0 exactly (0.562, SUPPORTED to
+72%): right on 84% of the SUPPORTED claims and 28% of the NOT_SUPPORTED ones — a bias, not a check. Writing the
+comparison out for it does not help: with the procedure and four balanced demos the policy fills both slots from
+the search result ("Claim: headquartered in Talwick. Encyclopedia: headquartered in Talwick. Same.") and then
+answers NOT_SUPPORTED to 94% of claims (0.469; right on none of the SUPPORTED ones). The policy copies but does
+not compare, so no harness the fast loop could find is likely to lift HoVer level 1 much above the constant
+floor, and the RL runs have no verified-claim signal to amplify beyond the label prior. HoVer at this scale
+measures label bias; a policy with headroom is needed before this arm can compare FST with RL-only.
 """,
     "reflection": """
 **Reading (session 11).** The powered grid's reflective proposals all failed at this scale (table "What became of
