@@ -523,7 +523,10 @@ seed 0 finished 0.562 → 0.641 (step 6) → 0.578 → 0.406 → 0.500 → 0.469
 running max as RL-only seed 0 (FST − RL-only = 0.000) and KL ratio 1.00 at matched reward; its last evaluation
 answers SUPPORTED to 62% of the claims (RL-only: 100%); its 2×2 ablation is flat at chance (0.562 / 0.516 /
 0.500 / 0.469). Missing, and why: HoVer RL-only seeds 1–4 and FST seeds 1–4 — each is 2.5–3 CPU-hours and only
-two processes fit the machine; seeds 1 of both modes are running (started 01:52 UTC) and resume next session.
+two processes fit the machine. Seeds 1 of both modes ran 01:52–03:10 UTC and resume next session: RL-only at
+step 12 (0.469 → 0.469 → 0.500, answering SUPPORTED to 56% → **94% → 100%** of the claims), FST at step 11
+(0.469 → 0.469 at step 6, SUPPORTED 56% → 94%) — the collapse to one label repeats, now visible in the runs'
+own evaluation records.
 From seed 1 on, HoVer runs use `slow.micro_batch_size` 4 (seeds 0: 8): TRL's CISPO loss divides by the
 generation batch's token count, so the update is the same; a HoVer forward+backward of 8 × 550 tokens peaks at
 7.2 GB resident in bf16 against 4.2 GB for 4, at no loss of tokens per second (section "Memory" below), and the
