@@ -55,15 +55,14 @@ def compare_harness(seed: dict) -> dict:
 
 
 def probe(policy, task, examples, harness, *, max_new_tokens: int) -> dict:
-    from fst_lab.evaluation import mean_at_k
+    from fst_lab.evaluation import ANSWER_KEYS, mean_at_k
 
     t0 = time.time()
     res, trajs = mean_at_k(policy, [("best", harness)], examples, task, k=1, max_new_tokens=max_new_tokens, seed=0)
     by_gold: dict[str, list[float]] = {}
     for e, t in zip(examples, trajs):
         by_gold.setdefault(str(e.answer), []).append(t.reward)
-    return {"harness": harness.name, "reward": res["reward"], **{k: res.get(k) for k in (
-                "answer_top", "answer_top_share", "answer_unparsed", "constant_floor")},
+    return {"harness": harness.name, "reward": res["reward"], **{k: res.get(k) for k in ANSWER_KEYS},
             "accuracy_by_gold": {g: sum(v) / len(v) for g, v in sorted(by_gold.items())},
             "seconds": round(time.time() - t0, 1), "transcripts": [t.transcript(600) for t in trajs[:3]]}
 

@@ -49,6 +49,7 @@ from pathlib import Path
 
 from benchmarks.common import (REPO, load_result, loadavg, machine_info, mean_ci, new_result, parse_args, plot_dir,
                                plt, save_result, table)
+from fst_lab.evaluation import ANSWER_KEYS  # what every evaluation records of its answers
 from fst_lab.ui.render import COLLAPSE_SHARE  # the threshold of "one answer to everything" the UI calls out
 
 NAME = "powered"
@@ -207,7 +208,6 @@ def serve_gemma() -> str:
 
 
 # ---------------------------------------------------------------------------- one run
-ANSWER_KEYS = ("answer_top", "answer_top_share", "answer_unparsed", "constant_floor")  # evaluation.answer_stats
 EVAL_KEEP = ("samples", "samples_rl", "samples_fast", "rl_step", "fast_round", "cycle", "reward", "kl", *ANSWER_KEYS)
 
 

@@ -18,6 +18,8 @@ from fst_lab.harness import Harness
 
 # The paper's 2x2: {base, trained weights} x {seed, evolved harness}. Keys of channel_ablation().
 ABLATION_CELLS = (("base", "seed"), ("base", "best"), ("trained", "seed"), ("trained", "best"))
+# What answer_stats() adds to a single-target evaluation (and so to its eval record).
+ANSWER_KEYS = ("answer_top", "answer_top_share", "answer_unparsed", "constant_floor")
 
 
 def ablation_key(weights: str, harness: str) -> str:
@@ -98,8 +100,7 @@ def answer_stats(task, examples, trajectories) -> dict[str, Any]:
     top, count = parsed.most_common(1)[0] if parsed else (None, 0)
     gold = Counter(str(e.answer) for e in examples)
     n = len(examples)
-    return {"answer_top": top, "answer_top_share": count / n, "answer_unparsed": keys.count(None) / n,
-            "constant_floor": max(gold.values()) / n}
+    return dict(zip(ANSWER_KEYS, (top, count / n, keys.count(None) / n, max(gold.values()) / n)))
 
 
 def plasticity(weights, task_name: str, config, *, level: int, steps: int,

@@ -239,8 +239,11 @@ def test_hover_negative_claims_are_false_in_corpus():
 def test_answer_stats_show_when_a_reward_is_what_a_constant_answer_earns():
     """HoVer's labels are balanced, so answering SUPPORTED to everything scores exactly 0.5: the evaluation's
     answer statistics must say so (an RL run that collapses to one label looks like a 0.5 'skill')."""
-    from fst_lab.evaluation import answer_stats
+    from fst_lab import records
+    from fst_lab.evaluation import ANSWER_KEYS, answer_stats
     from fst_lab.tasks.base import answer_key
+
+    assert set(ANSWER_KEYS) <= set(records.KEYS[records.EVAL])  # the record schema names what evaluations add
 
     t = small("hover")
     exs = t.examples("val")
