@@ -663,10 +663,10 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
                if progress else "")
             + (f" Missing (not started): {', '.join(missing)}." if missing else ""), ""]
     if progress or missing:
-        out += ["To work through the rest (repeat in every session: finished runs are skipped, a run in "
-                "progress resumes from its run directory; two processes may share the results file; "
-                "two hover RL runs fit in 24 GB at micro-batch 4; `--deadline` minutes stop a run at its next RL step or GEPA "
-                "round):", "",
+        out += ["To work through the rest, start two of these lanes at a time (two cores; repeat in every "
+                "session: finished runs are skipped, a run in progress resumes from its run directory; lanes "
+                "share the results file; two hover RL runs fit in 24 GB at micro-batch 4; `--deadline` minutes "
+                "stop a run at its next RL step or GEPA round):", "",
                 *(f"    {c}" for c in continue_commands(progress + missing)), ""]
     for key in ("estimate", "measured"):
         if res.get(key):
@@ -923,19 +923,14 @@ def measured_estimate(root: Path, res: dict | None = None) -> str | None:
 
 
 def continue_commands(names: list[str]) -> list[str]:
-    """One ``nohup`` command per (task, variant) that still has runs to do: what a later session starts."""
-    groups: dict = {}
-    for n in names:
-        task, mode, _seed, *variant = n.split("-")
-        groups.setdefault((task, variant[0] if variant else "default"), set()).add(mode)
-    cmds = []
-    for (task, variant), modes in groups.items():
-        tag = task + ("" if variant == "default" else f"-{variant}")
-        opts = ("" if set(modes) == set(MODES) else f" --modes {','.join(m for m in MODES if m in modes)}") + \
-            ("" if variant == "default" else f" --variant {variant}")
-        cmds.append(f"nohup .venv/bin/python -m {MODULE} --threads 1 --tasks {task}{opts} --deadline 150 > "
-                    f"runs/powered-{tag}.log 2>&1 &")
-    return cmds
+    """One ``nohup`` lane per (task, variant, mode) that still has runs to do: what a later session starts,
+    two at a time on two cores (each lane runs its seeds in order, single-threaded)."""
+    lanes = dict.fromkeys((task, mode, variant[0] if variant else "")
+                          for task, mode, _seed, *variant in (n.split("-") for n in names))
+    return [f"nohup .venv/bin/python -m {MODULE} --threads 1 --tasks {task} --modes {mode}"
+            + (f" --variant {variant}" if variant else "")
+            + f" --deadline 150 > runs/powered-{'-'.join(x for x in (task, variant, mode) if x)}.log 2>&1 &"
+            for task, mode, variant in sorted(lanes, key=lambda lane: (lane[0], lane[2], MODES.index(lane[1])))]
 
 
 # ---------------------------------------------------------------------------- main

@@ -457,8 +457,10 @@ def test_powered_cost_is_measured_per_task_and_left_runs_are_priced(tmp_path):
     assert f"Left: 3 runs ≈ {left:.0f} CPU-hours" in text and "hover-rl-s0 10% done" in text
     cmds = bp.continue_commands(["hover-rl-s0", "hover-fst-s0", "math-fst-s0-gemma_reflector",
                                  "math-gepa-s1-gemma_reflector"])
-    assert len(cmds) == 2 and "--tasks hover --modes rl,fst --deadline" in cmds[0]
-    assert "--tasks math --modes fst,gepa --variant gemma_reflector" in cmds[1]
+    assert len(cmds) == 4  # one lane per (task, variant, mode), started two at a time
+    assert "--tasks hover --modes rl --deadline" in cmds[0] and "--tasks hover --modes fst --deadline" in cmds[1]
+    assert "--tasks math --modes fst --variant gemma_reflector" in cmds[2]
+    assert "--modes gepa --variant gemma_reflector --deadline 150 > runs/powered-math-gemma_reflector-gepa.log" in cmds[3]
 
 @pytest.mark.slow
 def test_learning_smoke_records_each_variant_and_skips_finished(tmp_path):

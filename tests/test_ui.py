@@ -345,6 +345,11 @@ def test_result_summary_calls_out_a_reward_a_constant_answer_earns(tmp_path):
     varied = {**ev, "reward": 0.7, "answer_top_share": render.COLLAPSE_SHARE - 0.05}
     assert "one answer" not in render.result_summary([varied])
     assert render.answers_text({**ev, "answer_top": None, "answer_top_share": 0.0}) == "no answer parsed"
+    # An evaluation where (nearly) nothing parsed is called out too: its reward is the format failing.
+    silent = {**ev, "reward": 0.0, "answer_top": None, "answer_top_share": 0.0, "answer_unparsed": 1.0}
+    assert "⚠ last evaluation parsed no answer in 100% of examples" in render.result_summary([silent])
+    assert "⚠ it parsed no answer in 100% of examples" in render.status_html(
+        {"mode": "rl"}, {"busy": False}, last_eval=silent)
     assert render.answers_text({"kind": "eval", "reward": 0.5}) is None
     # The notebook dashboard's status shows the last evaluation, and the same warning under it.
     st = {"mode": "rl", "task": "hover", "cycle": 1, "rl_step": 6, "fast_round": 0, "samples": 192}

@@ -106,10 +106,9 @@ class MathTask(GeneratedTask):
         exp_s = format_number(expected)
         text = trajectory.final_text or ""
         note = length_note(trajectory)
-        raw = extract_answer(text)
+        raw, got = read_answer(text)
         if raw is None:
             return Score(0.0, missing_answer_feedback(exp_s, text, self.answer_format) + note)
-        got = parse_number(_after_last_equals(raw))
         if got is None:
             return Score(0.0, f"Parse failure: the answer line 'Answer: {raw}' contains no number. "
                               f"Expected {exp_s}. {self.answer_format}{note}")
@@ -121,9 +120,14 @@ class MathTask(GeneratedTask):
 
     def answer_key(self, trajectory) -> str | None:
         """The number the scorer reads, formatted ('7.0' and '7' are one answer); None when none parses."""
-        raw = extract_answer(trajectory.final_text or "")
-        got = None if raw is None else parse_number(_after_last_equals(raw))
+        got = read_answer(trajectory.final_text or "")[1]
         return None if got is None else format_number(got)
+
+
+def read_answer(text: str) -> tuple[str | None, float | None]:
+    """The answer line's text and the number the scorer reads from it (None where absent / no number)."""
+    raw = extract_answer(text)
+    return raw, None if raw is None else parse_number(_after_last_equals(raw))
 
 
 def _after_last_equals(s: str) -> str:

@@ -89,15 +89,15 @@ def status_html(st: Mapping[str, Any], state: Mapping[str, Any] | None = None,
     if last_eval and isinstance(last_eval.get("reward"), (int, float)):
         where.append(f"last evaluation {last_eval['reward']:.3f}")
     err = f"<div style='color:#b00'>{esc(state['error'])}</div>" if state.get("error") else ""
-    share = (last_eval or {}).get("answer_top_share")
-    if isinstance(share, (int, float)) and share >= COLLAPSE_SHARE:
-        err += f"<div style='color:#b36b00'>⚠ it gave one answer: {esc(answers_text(last_eval))}</div>"
+    warning = answers_warning(last_eval)
+    if warning:
+        err += f"<div style='color:#b36b00'>⚠ it {esc(warning)}</div>"
     return (f"<div class='fst-status'><div class='fst-progress'><b>{line}</b></div>"
             f"<div>{' &nbsp;|&nbsp; '.join(where)}</div>{err}</div>")
 
 
 # ---------------------------------------------------------------------------- results
-COLLAPSE_SHARE = 0.9  # an evaluation giving one answer to this share of its examples is called out
+COLLAPSE_SHARE = 0.9  # an evaluation giving one answer to (or parsing none in) this share of examples is called out
 
 
 def answers_text(rec: Mapping[str, Any] | None) -> str | None:
@@ -112,6 +112,18 @@ def answers_text(rec: Mapping[str, Any] | None) -> str | None:
             + (f" (a constant answer scores {floor:.3f})" if isinstance(floor, (int, float)) else ""))
 
 
+def answers_warning(rec: Mapping[str, Any] | None) -> str | None:
+    """What is wrong with an evaluation's answers, when its reward says nothing of skill: "gave one answer:
+    100% 'SUPPORTED' (…)" or "parsed no answer in 95% of examples"; None when they are varied or unknown."""
+    rec = rec or {}
+    unparsed, share = rec.get("answer_unparsed"), rec.get("answer_top_share")
+    if isinstance(unparsed, (int, float)) and unparsed >= COLLAPSE_SHARE:
+        return f"parsed no answer in {unparsed:.0%} of examples"
+    if isinstance(share, (int, float)) and share >= COLLAPSE_SHARE:
+        return f"gave one answer: {answers_text(rec)}"
+    return None
+
+
 def result_summary(metrics: Sequence[Mapping[str, Any]]) -> str:
     """One line: validation reward first → last (best) and the 2x2 ablation, or what is missing."""
     recs = R.normalize_all([dict(m) for m in metrics])
@@ -122,9 +134,9 @@ def result_summary(metrics: Sequence[Mapping[str, Any]]) -> str:
         best = max(r["reward"] for r in ev)
         parts.append(f"validation {first:.3f} → {last:.3f}" + (f" (best {best:.3f})" if best > last else "")
                      + f" over {len(ev)} evaluation{'s' if len(ev) != 1 else ''}")
-        share = ev[-1].get("answer_top_share")
-        if isinstance(share, (int, float)) and share >= COLLAPSE_SHARE:
-            parts.append(f"⚠ last evaluation gave one answer: {answers_text(ev[-1])}")
+        warning = answers_warning(ev[-1])
+        if warning:
+            parts.append(f"⚠ last evaluation {warning}")
     else:
         parts.append("not evaluated yet")
     ab = R.latest(recs, R.ABLATION)
