@@ -1012,14 +1012,14 @@ def harness_origins(rd) -> dict[str, int]:
     return dict(sorted(Counter(h.lineage.origin for h in _view(rd).all_harnesses().values()).items()))
 
 
-# What an invalid reflective proposal's detail says (fst_lab.adapter.extract_proposal), and the outcome it counts as.
-_INVALID_KINDS = (("cut off at the token limit:", "cut off at the token limit"),
-                  ("ended inside its fenced block", "reply ended inside its fence"),
-                  ("no fenced", "no fenced block"), ("fenced block is empty", "empty block"))
 _OLD_UNCLOSED = "truncated reply"  # runs before the finish reason was recorded: told apart by the round's tokens
 
 
 def reflection_outcome(p: dict, cut_off: bool | None) -> str:
+    """What became of one logged reflective proposal (see :func:`reflection_outcomes`); ``cut_off`` decides an
+    unclosed fence in logs that predate the recorded ``reason``."""
+    from fst_lab.adapter import invalid_reason
+
     status, detail = p.get("status"), p.get("detail") or ""
     if status in ("accepted", "rejected"):
         return status + (" (minibatch)" if status == "rejected" else "")
@@ -1027,10 +1027,12 @@ def reflection_outcome(p: dict, cut_off: bool | None) -> str:
         return "no change"
     if status in ("failed", "error"):
         return "LM call failed"
+    if p.get("reason"):
+        return p["reason"]
     if _OLD_UNCLOSED in detail or "(cut off at the token limit?)" in detail:
         return {True: "cut off at the token limit", False: "reply ended inside its fence",
                 None: "unclosed fence (cause unknown)"}[cut_off]
-    return next((kind for needle, kind in _INVALID_KINDS if needle in detail), "broken harness")
+    return invalid_reason(detail)
 
 
 def _round_cut_off(reflection: dict, max_tokens: int | None) -> bool | None:

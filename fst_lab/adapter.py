@@ -92,6 +92,20 @@ def extract_proposal(reply: str, *, cut_off: bool | None = None) -> tuple[str | 
     return text, ""
 
 
+# Why a proposal is ``invalid``: a phrase of its detail (from :func:`extract_proposal`) and the reason recorded
+# beside it (``ProposalRecord.reason``); a detail with none of these is a harness that failed to load.
+INVALID_REASONS = (("cut off at the token limit:", "cut off at the token limit"),
+                   ("ended inside its fenced block", "reply ended inside its fence"),
+                   ("(cut off at the token limit?)", "unclosed fence (cause unknown)"),
+                   ("no fenced", "no fenced block"), ("fenced block is empty", "empty block"))
+BROKEN_HARNESS = "broken harness"
+
+
+def invalid_reason(detail: str) -> str:
+    """The reason an ``invalid`` proposal's ``detail`` states, one of :data:`INVALID_REASONS` or ``broken harness``."""
+    return next((reason for phrase, reason in INVALID_REASONS if phrase in detail), BROKEN_HARNESS)
+
+
 def candidate_key(candidate: Mapping[str, str]) -> str:
     """A stable key for a GEPA candidate dict."""
     return json.dumps(dict(candidate), sort_keys=True, ensure_ascii=False)
@@ -108,6 +122,7 @@ class ProposalRecord:
     iteration: int | None = None
     status: str = "proposed"  # proposed -> accepted | rejected; or failed | invalid | noop | error
     detail: str = ""
+    reason: str = ""  # for an invalid proposal, why in a word or three (:func:`invalid_reason`)
     candidate_key: str = ""
     subsample_before: float | None = None
     subsample_after: float | None = None
@@ -387,7 +402,7 @@ class HarnessAdapter:
                 return {}, rec.detail
             new, why = extract_proposal(raw, cut_off=None if spent is None else spent.length_stops > 0)
             if new is None:
-                rec.status, rec.detail = "invalid", f"{comp}: {why}"
+                rec.status, rec.detail, rec.reason = "invalid", f"{comp}: {why}", invalid_reason(why)
                 log.info("fast: reflective proposal for %s rejected: %s", comp, why)
                 return {}, rec.detail
             # Keep the current text's trailing-newline style (YAML block scalars stay tidy).
@@ -402,7 +417,7 @@ class HarnessAdapter:
             self.harness_for({**candidate, **new_texts})
         except HarnessError as e:
             # Rejected before any rollout: a broken harness would only burn minibatch budget on zeros.
-            rec.status, rec.detail = "invalid", str(e)
+            rec.status, rec.detail, rec.reason = "invalid", str(e), BROKEN_HARNESS
             log.info("fast: reflective proposal for %s is not a valid harness: %s", ",".join(new_texts), e)
             return {}, rec.detail
         return new_texts, "reflect: " + ",".join(new_texts)

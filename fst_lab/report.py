@@ -40,9 +40,14 @@ def summary_rows(run_dirs: Sequence[str | Path]) -> list[dict]:
 
 def proposal_summary(proposals: list[dict]) -> dict[str, str | None]:
     """What the fast loop's two operators achieved: ``reflections``: "A accepted, V valid of N" (valid: a
-    harness GEPA scored on its minibatch, accepted or not; the rest were unusable replies or failed calls) and
-    ``bootstraps``: "A accepted of N". None for a run without GEPA rounds. A run whose reflections are all
-    unusable evolves its harness by bootstrapped demos alone: this is where a user sees it."""
+    harness GEPA scored on its minibatch, accepted or not; the rest were unusable replies or failed calls), with
+    the commonest reason a reply was unusable ("; 5 no fenced block"), and ``bootstraps``: "A accepted of N".
+    None for a run without GEPA rounds. A run whose reflections are all unusable evolves its harness by
+    bootstrapped demos alone: this is where a user sees it, and why."""
+    from collections import Counter
+
+    from fst_lab.adapter import invalid_reason
+
     if not proposals:
         return {"reflections": None, "bootstraps": None}
     out: dict[str, str | None] = {}
@@ -51,6 +56,9 @@ def proposal_summary(proposals: list[dict]) -> dict[str, str | None]:
         acc = sum(p.get("status") == "accepted" for p in ps)
         valid = sum(p.get("status") in ("accepted", "rejected") for p in ps)
         out[key] = f"{acc} accepted, {valid} valid of {len(ps)}" if op == "reflect" else f"{acc} accepted of {len(ps)}"
+        why = Counter(p.get("reason") or invalid_reason(p.get("detail") or "") for p in ps if p.get("status") == "invalid")
+        if op == "reflect" and why:
+            out[key] += "; {1} {0}".format(*why.most_common(1)[0])
     return out
 
 

@@ -223,7 +223,8 @@ class RunView:
 
     def proposals(self) -> list[dict]:
         """Every proposal of every GEPA round, oldest first, each with its ``round``: ``operator`` (``reflect`` |
-        ``bootstrap``), ``status`` (accepted | rejected | invalid | noop | failed | error), ``detail``, tokens."""
+        ``bootstrap``), ``status`` (accepted | rejected | invalid | noop | failed | error), ``detail``, ``reason``
+        (why an invalid one was unusable; absent in older logs), tokens."""
         return [{**p, "round": r.get("round")} for r in self.fast_rounds()
                 for p in r.get("proposal_log") or [] if isinstance(p, dict)]
 

@@ -137,10 +137,11 @@ def test_proposals_are_read_from_each_round_and_summarised_for_compare(run_dir, 
         (d / "fast" / name).mkdir(parents=True)
         (d / "fast" / name / "fst_fast_result.json").write_text(json.dumps({"round": rnd, "proposal_log": log}))
 
-    def prop(op, status):
-        return {"operator": op, "status": status, "detail": ""}
+    def prop(op, status, **kw):
+        return {"operator": op, "status": status, "detail": "", **kw}
 
-    write("round_0001", 1, [prop("bootstrap", "accepted"), prop("reflect", "invalid"), prop("reflect", "rejected")])
+    write("round_0001", 1, [prop("bootstrap", "accepted"), prop("reflect", "invalid", reason="no fenced block"),
+                            prop("reflect", "rejected")])
     write("round_0002", 2, [prop("bootstrap", "rejected"), prop("reflect", "accepted")])
     write("round_0002.stale-1", 2, [prop("reflect", "accepted")] * 5)  # scores from other weights: not read
     view = load_run(d)
@@ -148,7 +149,7 @@ def test_proposals_are_read_from_each_round_and_summarised_for_compare(run_dir, 
         (1, "bootstrap", "accepted"), (1, "reflect", "invalid"), (1, "reflect", "rejected"),
         (2, "bootstrap", "rejected"), (2, "reflect", "accepted")]
     row = summary_rows([d])[0]
-    assert row["reflections"] == "1 accepted, 2 valid of 3" and row["bootstraps"] == "1 accepted of 2"
+    assert row["reflections"] == "1 accepted, 2 valid of 3; 1 no fenced block" and row["bootstraps"] == "1 accepted of 2"
     shutil.rmtree(d / "fast")
     assert summary_rows([d])[0]["reflections"] is None  # RL-only: no rounds, no claim
 

@@ -154,6 +154,9 @@ def test_frontier_reflection_raises_reward_and_malformed_answers_are_logged(repl
     # The provider's finish reason tells a reply cut off at max_tokens from one that ended inside its fence.
     assert "cut off at the token limit" in log[2]["detail"] and "never closed" in log[2]["detail"]
     assert "ended inside its fenced block" in log[3]["detail"] and "token limit" not in log[3]["detail"]
+    # Each invalid proposal also records why in a word or three, the vocabulary reports count by.
+    assert [p["reason"] for p in log] == ["no fenced block", "no fenced block", "cut off at the token limit",
+                                          "reply ended inside its fence", ""]
     assert all(p["reflection_tokens"] > 0 and p["reflection_cost"] > 0 for p in log)
     assert res.invalid_proposals == 4 and res.accepted == 1 and res.reflection_calls == 5
     assert res.reflection_failures == 0  # the calls succeeded; the answers were unusable
