@@ -345,6 +345,14 @@ def test_result_summary_calls_out_a_reward_a_constant_answer_earns(tmp_path):
     varied = {**ev, "reward": 0.7, "answer_top_share": render.COLLAPSE_SHARE - 0.05}
     assert "one answer" not in render.result_summary([varied])
     assert render.answers_text({**ev, "answer_top": None, "answer_top_share": 0.0}) == "no answer parsed"
+    # A varied evaluation whose reward a constant answer matches within its noise is called out (HoVer at
+    # level 1 for the 135M policy: 0.469 on 64 claims against 0.500); one clear of that band is not.
+    chance = {**ev, "reward": 0.46875, "n": 64, "answer_top_share": 0.62}
+    assert render.answers_warning(chance) == ("scored 0.469, within 2 standard errors (±0.125) of a constant "
+                                              "answer's 0.500")
+    assert render.answers_warning({**chance, "reward": 0.7}) is None  # 0.2 above, band ±0.115
+    assert "(±0.122)" in render.answers_warning({**chance, "reward": 0.4})  # 0.1 below: noise on 64 examples
+    assert render.answers_warning({**chance, "reward": 0.4, "n": 1000}) is None  # but not on 1000: band ±0.031
     # An evaluation where (nearly) nothing parsed is called out too: its reward is the format failing.
     silent = {**ev, "reward": 0.0, "answer_top": None, "answer_top_share": 0.0, "answer_unparsed": 1.0}
     assert "⚠ last evaluation parsed no answer in 100% of examples" in render.result_summary([silent])

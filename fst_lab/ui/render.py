@@ -113,14 +113,23 @@ def answers_text(rec: Mapping[str, Any] | None) -> str | None:
 
 
 def answers_warning(rec: Mapping[str, Any] | None) -> str | None:
-    """What is wrong with an evaluation's answers, when its reward says nothing of skill: "gave one answer:
-    100% 'SUPPORTED' (…)" or "parsed no answer in 95% of examples"; None when they are varied or unknown."""
+    """What is wrong with an evaluation, when its reward says nothing of skill: it "parsed no answer in 95% of
+    examples", "gave one answer: 100% 'SUPPORTED' (…)", or "scored 0.469, within 2 standard errors (±0.125) of
+    a constant answer's 0.500" (the standard error of a mean over ``n`` examples at most ``sqrt(r(1 - r) / n)``
+    for rewards in [0, 1]); None when it is clear of all three, or the record lacks the statistics."""
     rec = rec or {}
-    unparsed, share = rec.get("answer_unparsed"), rec.get("answer_top_share")
-    if isinstance(unparsed, (int, float)) and unparsed >= COLLAPSE_SHARE:
+    num = lambda key: rec.get(key) if isinstance(rec.get(key), (int, float)) else None  # noqa: E731
+    unparsed, share, reward, floor, n = (num(k) for k in ("answer_unparsed", "answer_top_share", "reward",
+                                                         "constant_floor", "n"))
+    if unparsed is not None and unparsed >= COLLAPSE_SHARE:
         return f"parsed no answer in {unparsed:.0%} of examples"
-    if isinstance(share, (int, float)) and share >= COLLAPSE_SHARE:
+    if share is not None and share >= COLLAPSE_SHARE:
         return f"gave one answer: {answers_text(rec)}"
+    if None not in (reward, floor, n) and n > 0 and 0.0 <= reward <= 1.0:
+        band = 2 * (reward * (1 - reward) / n) ** 0.5
+        if abs(reward - floor) <= band:
+            return (f"scored {reward:.3f}, within 2 standard errors (±{band:.3f}) of a constant answer's "
+                    f"{floor:.3f}")
     return None
 
 
