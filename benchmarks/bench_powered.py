@@ -28,7 +28,7 @@ examples): <= 36 against 192, the same <= 15.8%. (``benchmarks/bench_efficiency.
 53%.) ``--plan`` recomputes both shares from the configs.
 
 Measured per task, mean and 95% bootstrap band over seeds: running-max validation reward (greedy
-mean@1 on a fixed 64-example validation set) vs RL steps and vs learning samples (RL rollouts + every
+mean@1 on a fixed 64-example validation set, drawn per seed and shared by the modes of a seed) vs RL steps and vs learning samples (RL rollouts + every
 fast-loop rollout; evaluation is measurement and counts for no one); RL steps and samples each mode
 needs to reach RL-only's final mean reward; KL to the start weights at matched reward (FST / RL); the
 2x2 channel ablation at the end of FST; wall time and load per run.

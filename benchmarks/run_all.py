@@ -459,8 +459,9 @@ one at a time on a 24 GB machine.
 with RL, rollouts spread over the harness population) learn more per sample than RL-only, and what does
 GEPA-only reach? **The setting**: SmolLM2-135M-Instruct (the embedded policy), math level 1, 30 RL steps of
 4 problems × G = 8, T = 6, K = 4, CISPO, LoRA r = 16, bf16 on CPU; a fixed 64-problem validation set, greedy
-mean@1, evaluated every 6 RL steps; 5 seeds per mode, one config differing only in `mode` (seed = problem
-order and initial sampling). Every interval is a 95% bootstrap over seeds.
+mean@1, evaluated every 6 RL steps; 5 seeds per mode, one config differing only in `mode` (seed = the problems
+drawn, the validation set included, and initial sampling: the three modes of a seed share one validation set,
+so the paired differences compare like with like). Every interval is a 95% bootstrap over seeds.
 
 **Math: the grid is complete (5 seeds × 3 modes, session 9).** Final running-max validation reward: **FST 0.850
 [0.759, 0.925], RL-only 0.741 [0.716, 0.766], GEPA-only 0.675 [0.609, 0.772]**. Paired by seed, **FST − RL-only
