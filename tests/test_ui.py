@@ -370,3 +370,16 @@ def test_result_summary_calls_out_a_reward_a_constant_answer_earns(tmp_path):
     (tmp_path / "state.json").write_text("{}")
     (tmp_path / "metrics.jsonl").write_text(json.dumps(ev) + "\n")
     assert summary_rows([tmp_path])[0]["answers_last"] == "100% 'SUPPORTED' (a constant answer scores 0.500)"
+
+
+def test_an_rl_only_population_reads_no_gepa_score_not_unevaluated():
+    """An RL-only run evaluates its seed harness every few steps but never runs a GEPA round, so its member has
+    no GEPA score: the lineage and population views say that, not "not evaluated" (a hand edit still is)."""
+    edges = [{"id": "a1", "name": "hover", "origin": "seed", "round": 0, "parents": []},
+             {"id": "b2", "name": "hover", "origin": "manual", "round": 1, "parents": ["a1"]}]
+    rl = render.lineage_tree(edges, population=["a1"], mode="rl")
+    assert "hover@a1  no GEPA score (RL-only)  ● population" in rl and "not evaluated" not in rl
+    fst = render.lineage_tree(edges, population=["a1", "b2"], scores={"a1": 0.5}, mode="fst")
+    assert "hover@a1  score 0.500" in fst and "hover@b2  not evaluated" in fst
+    assert "<i>no GEPA score (RL-only)</i>" in render.population_html(edges, ["a1"], mode="rl")
+    assert "<i>not evaluated</i>" in render.population_html(edges, ["b2"], mode="fst")

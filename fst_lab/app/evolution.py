@@ -35,7 +35,7 @@ def lineage_text(run, cycle) -> str:
     pop = [m["id"] for m in rec.get("members", [])]
     scores = rec.get("scores", {}) or {}
     return render.lineage_tree(run.lineage_edges(), population=pop, scores=scores,
-                               best=render.best_scored(pop, scores))
+                               best=render.best_scored(pop, scores), mode=(run.config or {}).get("mode"))
 
 
 def curves(run):

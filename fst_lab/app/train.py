@@ -269,7 +269,7 @@ class Steering:
         s = self.session
         pop = [h.id for h in s.population]
         return render.lineage_tree(s.lineage(), population=pop, scores=s.population_scores,
-                                   best=render.best_scored(pop, s.population_scores))
+                                   best=render.best_scored(pop, s.population_scores), mode=s.config.mode)
 
     def log_text(self) -> str:
         return "\n".join(self.log)

@@ -329,7 +329,7 @@ class Dashboard:
         except Exception as e:
             log.debug("population unavailable: %s", e)
             return
-        self.population_view.value = render.population_html(lineage, pop, best)
+        self.population_view.value = render.population_html(lineage, pop, best, mode=s.config.mode)
         self.lineage_view.value = render.lineage_html(lineage)
         self.editor.refresh_targets()
 

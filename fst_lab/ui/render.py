@@ -189,8 +189,16 @@ def _origin(origin: str) -> str:
     return f"<span style='color:{ORIGIN_COLORS.get(origin, '#333')};font-weight:600'>{esc(origin)}</span>"
 
 
-def population_html(lineage: Sequence[Mapping[str, Any]], population: Sequence[str], best: str | None = None) -> str:
-    """The live population (in order), each row with its score, origin, round and parents."""
+def unscored(mode: str | None) -> str:
+    """What a population member without a GEPA score is called: "not evaluated" (a fresh hand edit, a seed
+    before the first round), or, in an RL-only run, which never runs a GEPA round, "no GEPA score (RL-only)"."""
+    return "no GEPA score (RL-only)" if mode == "rl" else "not evaluated"
+
+
+def population_html(lineage: Sequence[Mapping[str, Any]], population: Sequence[str], best: str | None = None,
+                    mode: str | None = None) -> str:
+    """The live population (in order), each row with its score (:func:`unscored` without one), origin, round
+    and parents."""
     by_id = {r["id"]: r for r in lineage}
     rows = ["<table class='fst-table'><tr><th>#</th><th>id</th><th>name</th><th>origin</th><th>round</th>"
             "<th>parents</th><th>score</th><th></th></tr>"]
@@ -200,7 +208,7 @@ def population_html(lineage: Sequence[Mapping[str, Any]], population: Sequence[s
         rows.append(f"<tr><td>{i}</td><td><code>{esc(hid)}</code></td><td>{esc(r.get('name'))}</td>"
                     f"<td>{_origin(r.get('origin', ''))}</td><td>{_fmt(r.get('round'))}</td>"
                     f"<td>{', '.join(f'<code>{esc(p)}</code>' for p in r.get('parents', [])) or '–'}</td>"
-                    f"<td>{_fmt(r.get('score')) if r.get('score') is not None else '<i>not evaluated</i>'}</td>"
+                    f"<td>{_fmt(r.get('score')) if r.get('score') is not None else f'<i>{unscored(mode)}</i>'}</td>"
                     f"<td>{star}</td></tr>")
     rows.append("</table>")
     return "".join(rows)
@@ -334,7 +342,7 @@ def best_scored(population: Sequence[str], scores: Mapping[str, Any]) -> str | N
 
 
 def lineage_tree(edges: Sequence[dict], *, population: Sequence[str] = (), scores: dict | None = None,
-                 best: str | None = None) -> str:
+                 best: str | None = None, mode: str | None = None) -> str:
     """The lineage as a text tree (first parent = tree parent; extra parents are listed as 'merge of').
 
         🌱 seed      math@1a2b3c4d5e6f
@@ -364,7 +372,7 @@ def lineage_tree(edges: Sequence[dict], *, population: Sequence[str] = (), score
         if isinstance(sc, (int, float)):
             s += f"  score {sc:.3f}"
         elif i in pop:
-            s += "  not evaluated"
+            s += f"  {unscored(mode)}"
         if i in pop:
             s += "  ● population"
         if best and i == best:
