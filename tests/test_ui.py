@@ -383,3 +383,17 @@ def test_an_rl_only_population_reads_no_gepa_score_not_unevaluated():
     assert "hover@a1  score 0.500" in fst and "hover@b2  not evaluated" in fst
     assert "<i>no GEPA score (RL-only)</i>" in render.population_html(edges, ["a1"], mode="rl")
     assert "<i>not evaluated</i>" in render.population_html(edges, ["b2"], mode="fst")
+
+
+def test_reward_plot_draws_the_constant_answer_floor_when_recorded():
+    """The reward plot shows what one constant answer scores (HoVer: 0.5), so a flat validation curve on it
+    reads as no skill; runs recorded before the statistics existed draw no such line."""
+    from fst_lab.ui import plots
+
+    ev = {"kind": "eval", "reward": 0.5, "samples": 0, "n": 64, "constant_floor": 0.5, "answer_top_share": 0.6}
+    fig, _ = plots.curve_figures([ev, {**ev, "samples": 96, "reward": 0.47}])
+    floor = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("one constant answer")]
+    assert len(floor) == 1 and floor[0].get_label() == "one constant answer (0.500)"
+    assert list(floor[0].get_ydata()) == [0.5, 0.5]
+    fig, _ = plots.curve_figures([{"kind": "eval", "reward": 0.5, "samples": 0}])
+    assert not [ln for ln in fig.axes[0].get_lines() if "constant" in ln.get_label()]

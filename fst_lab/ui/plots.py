@@ -82,7 +82,8 @@ def harness_label(hid: str, origins: Mapping[str, str] | None) -> str:
 
 # ---------------------------------------------------------------------------- panels (one axes each)
 def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None, name: str = "") -> bool:
-    """Training reward per RL step, validation running max, GEPA's best on its own window, vs samples."""
+    """Training reward per RL step, validation running max, GEPA's best on its own window, vs samples; and, where
+    the evaluations recorded it, what one constant answer scores on the validation set (a dotted line)."""
     recs = R.normalize_all(recs)
     prefix = f"{name}: " if name else ""
     drew = False
@@ -96,6 +97,10 @@ def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None
         ax.plot([p[0] for p in pts], R.running_max([p[1] for p in pts]), "o-", lw=2, ms=7, mfc="white",
                 color=color or VAL_COLOR, label=f"{prefix}validation (running max)")
         drew = True
+        floor = (R.latest(recs, R.EVAL, "constant_floor") or {}).get("constant_floor")
+        if isinstance(floor, (int, float)):
+            ax.axhline(floor, ls=":", lw=1.2, color=color or "#777",
+                       label=f"{prefix}one constant answer ({floor:.3f})")
     xs, ys = R.series(recs, R.FAST, "best_val")
     if xs:
         ax.plot(xs, ys, "s", ms=7, mfc="none", mew=1.5, color=color or GEPA_COLOR,
