@@ -253,6 +253,17 @@ def values(records: Iterable[Mapping], kind: str, key: str) -> list:
     return [r[key] for r in records if r.get("kind") == kind and r.get(key) is not None]
 
 
+def constant_floor(rec: Mapping | None) -> float | None:
+    """An eval record's ``constant_floor`` (what one constant answer scores) when that is a strategy, not luck:
+    the most common gold answer is shared by at least 2 of its ``n`` examples (HoVer's balanced labels: 0.5).
+    None when every gold answer is different (a constant answer then hits 1 example of n: on 2 examples that
+    reads 0.5 and means nothing) or the record has no statistics."""
+    floor, n = (rec or {}).get("constant_floor"), (rec or {}).get("n")
+    if not isinstance(floor, (int, float)):
+        return None
+    return floor if not isinstance(n, (int, float)) or floor * n >= 2 - 1e-9 else None
+
+
 def running_max(values: Iterable[float]) -> list[float]:
     out, best = [], float("-inf")
     for v in values:

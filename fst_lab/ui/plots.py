@@ -97,8 +97,8 @@ def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None
         ax.plot([p[0] for p in pts], R.running_max([p[1] for p in pts]), "o-", lw=2, ms=7, mfc="white",
                 color=color or VAL_COLOR, label=f"{prefix}validation (running max)")
         drew = True
-        floor = (R.latest(recs, R.EVAL, "constant_floor") or {}).get("constant_floor")
-        if isinstance(floor, (int, float)):
+        floor = R.constant_floor(R.latest(recs, R.EVAL, "constant_floor"))
+        if floor is not None:
             ax.axhline(floor, ls=":", lw=1.2, color=color or "#777",
                        label=f"{prefix}one constant answer ({floor:.3f})")
     xs, ys = R.series(recs, R.FAST, "best_val")

@@ -107,9 +107,9 @@ def answers_text(rec: Mapping[str, Any] | None) -> str | None:
         return None
     if rec.get("answer_top") is None:
         return "no answer parsed"
-    floor = rec.get("constant_floor")
+    floor = R.constant_floor(rec)
     return (f"{rec['answer_top_share']:.0%} {rec['answer_top']!r}"
-            + (f" (a constant answer scores {floor:.3f})" if isinstance(floor, (int, float)) else ""))
+            + (f" (a constant answer scores {floor:.3f})" if floor is not None else ""))
 
 
 def answers_warning(rec: Mapping[str, Any] | None) -> str | None:
@@ -119,8 +119,8 @@ def answers_warning(rec: Mapping[str, Any] | None) -> str | None:
     for rewards in [0, 1]); None when it is clear of all three, or the record lacks the statistics."""
     rec = rec or {}
     num = lambda key: rec.get(key) if isinstance(rec.get(key), (int, float)) else None  # noqa: E731
-    unparsed, share, reward, floor, n = (num(k) for k in ("answer_unparsed", "answer_top_share", "reward",
-                                                         "constant_floor", "n"))
+    unparsed, share, reward, n = (num(k) for k in ("answer_unparsed", "answer_top_share", "reward", "n"))
+    floor = R.constant_floor(rec)
     if unparsed is not None and unparsed >= COLLAPSE_SHARE:
         return f"parsed no answer in {unparsed:.0%} of examples"
     if share is not None and share >= COLLAPSE_SHARE:
