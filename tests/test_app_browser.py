@@ -267,6 +267,10 @@ def test_fast_step_progress_moves_while_it_runs(page, artifacts_dir):
         if "fast step (GEPA round" in page.locator("#train-message").inner_text():
             break
         time.sleep(0.05)
+    # Within a poll of the step's end, every view agrees with it: the seed's GEPA score in the live lineage,
+    # the round in the run summary, the fast record in the log.
+    expect(page.locator("#live-lineage")).to_contain_text("score 0.000", timeout=10_000)
+    expect(page.locator("#run-status")).to_contain_text("GEPA rounds 1", timeout=10_000)
     page.screenshot(path=str(artifacts_dir / "app_train.png"), full_page=True)
     assert "fast step (GEPA round 1)" in page.locator("#train-message").inner_text()
     assert len(seen) >= 2, seen

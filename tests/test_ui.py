@@ -405,3 +405,15 @@ def test_reward_plot_draws_the_constant_answer_floor_when_recorded():
     assert not [ln for ln in fig.axes[0].get_lines() if "constant" in ln.get_label()]
     assert render.answers_text(lucky) == "100% '7'"
     assert render.answers_text({**lucky, "n": 64, "constant_floor": 2 / 64}) == "100% '7' (a constant answer scores 0.031)"
+
+
+def test_a_single_point_plot_has_whole_number_sample_ticks():
+    """After one GEPA round the reward plot has one point (6 samples): its axis shows whole samples, not
+    5.68, 5.76, …"""
+    from fst_lab.ui import plots
+
+    fig, _ = plots.curve_figures([{"kind": "fast", "samples": 6, "best_val": 0.0, "round": 1}])
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert 6 in ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -316,7 +316,8 @@ def build_tab(app, header) -> dict:
         edit_text = gr.Textbox(label="component text", lines=6)
         edit_btn = gr.Button("Apply edit", interactive=False)
     with gr.Row():
-        session_lineage = gr.Code(label="live lineage", language=None, show_line_numbers=False, wrap_lines=True)
+        session_lineage = gr.Code(label="live lineage", language=None, show_line_numbers=False, wrap_lines=True,
+                                  elem_id="live-lineage")
         session_log = gr.Code(label="events & metrics (JSONL)", language=None, show_line_numbers=False,
                               wrap_lines=True, max_lines=30)
     timer = gr.Timer(1.0)

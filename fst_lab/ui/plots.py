@@ -57,9 +57,15 @@ def _fonts(ax) -> None:
 
 
 def _integer_ticks(axis) -> None:
+    """Whole-number ticks on a count axis; a view narrower than 2 (one point: 6 samples) is widened to ±1 around
+    its middle, else the locator falls back to fractions (5.68, 5.76, … samples)."""
     from matplotlib.ticker import MaxNLocator
 
     axis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = axis.get_view_interval()
+    if abs(hi - lo) < 2 and axis.axes.has_data() and axis is axis.axes.xaxis:
+        mid = (lo + hi) / 2
+        axis.axes.set_xlim(mid - 1, mid + 1)
 
 
 def _empty(ax, text: str = "no data yet") -> None:
