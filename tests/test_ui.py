@@ -397,6 +397,10 @@ def test_reward_plot_draws_the_constant_answer_floor_when_recorded():
     assert list(floor[0].get_ydata()) == [0.5, 0.5]
     fig, _ = plots.curve_figures([{"kind": "eval", "reward": 0.5, "samples": 0}])
     assert not [ln for ln in fig.axes[0].get_lines() if "constant" in ln.get_label()]
+    # `fst-lab compare` of two HoVer runs: one floor line, not one per run.
+    fig, _ = plots.compare_figures({"rl": [ev], "fst": [{**ev, "reward": 0.47}]})
+    assert [ln.get_label() for ln in fig.axes[0].get_lines() if "constant" in ln.get_label()] == [
+        "one constant answer (0.500)"]
     # Two math problems with different answers: a constant answer hits one of them by luck (0.5), which is no
     # strategy, so neither the plot nor the summary offers it as a floor; 2 of 64 sharing an answer is one.
     lucky = {"kind": "eval", "reward": 0.0, "samples": 0, "n": 2, "constant_floor": 0.5, "answer_top": "7",

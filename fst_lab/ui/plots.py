@@ -87,7 +87,13 @@ def harness_label(hid: str, origins: Mapping[str, str] | None) -> str:
 
 
 # ---------------------------------------------------------------------------- panels (one axes each)
-def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None, name: str = "") -> bool:
+def draw_floor(ax, floor: float, *, color: str = "#777", prefix: str = "") -> None:
+    """A dotted line at what one constant answer scores (:func:`fst_lab.records.constant_floor`)."""
+    ax.axhline(floor, ls=":", lw=1.2, color=color, label=f"{prefix}one constant answer ({floor:.3f})")
+
+
+def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None, name: str = "",
+                           floor: bool = True) -> bool:
     """Training reward per RL step, validation running max, GEPA's best on its own window, vs samples; and, where
     the evaluations recorded it, what one constant answer scores on the validation set (a dotted line)."""
     recs = R.normalize_all(recs)
@@ -103,10 +109,9 @@ def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None
         ax.plot([p[0] for p in pts], R.running_max([p[1] for p in pts]), "o-", lw=2, ms=7, mfc="white",
                 color=color or VAL_COLOR, label=f"{prefix}validation (running max)")
         drew = True
-        floor = R.constant_floor(R.latest(recs, R.EVAL, "constant_floor"))
-        if floor is not None:
-            ax.axhline(floor, ls=":", lw=1.2, color=color or "#777",
-                       label=f"{prefix}one constant answer ({floor:.3f})")
+        value = R.constant_floor(R.latest(recs, R.EVAL, "constant_floor"))
+        if floor and value is not None:
+            draw_floor(ax, value, color=color or "#777", prefix=prefix)
     xs, ys = R.series(recs, R.FAST, "best_val")
     if xs:
         ax.plot(xs, ys, "s", ms=7, mfc="none", mew=1.5, color=color or GEPA_COLOR,
@@ -257,9 +262,15 @@ def compare_figures(runs: Mapping[str, Sequence[dict]]):
     ax, bx = f1.subplots(), f2.subplots()
     colors = harness_colors(list(runs))  # one colour per run here
     any1 = any2 = False
+    floors: dict[float, list[str]] = {}  # one line per distinct floor, not one per run
     for name, recs in runs.items():
-        any1 |= draw_reward_vs_samples(ax, recs, color=colors[name], name=name)
+        any1 |= draw_reward_vs_samples(ax, recs, color=colors[name], name=name, floor=False)
         any2 |= draw_kl_vs_reward(bx, recs, color=colors[name], name=name)
+        value = R.constant_floor(R.latest(R.normalize_all(recs), R.EVAL, "constant_floor"))
+        if value is not None:
+            floors.setdefault(round(value, 3), []).append(name)
+    for value, names in floors.items():
+        draw_floor(ax, value, prefix="" if len(floors) == 1 else f"{', '.join(names)}: ")
     for x, f, drew in ((ax, f1, any1), (bx, f2, any2)):
         _fonts(x)
         if drew:
