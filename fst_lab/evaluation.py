@@ -62,8 +62,10 @@ def mean_at_k(policy, targets: Sequence[tuple[str, Harness]], examples, task, *,
 
     result: dict[str, Any] = {}
     trajs_all: list = []
+    temps = set()
     for i, (label, h) in enumerate(targets):
         temp = temperature if temperature is not None else (h.loop.temperature if k > 1 else 0.0)
+        temps.add(float(temp))
         trajs = rollout(policy, h, examples, task, n_samples=k, temperature=temp, max_new_tokens=max_new_tokens,
                         seed=seed)
         trajs_all += trajs
@@ -77,6 +79,8 @@ def mean_at_k(policy, targets: Sequence[tuple[str, Harness]], examples, task, *,
             on_progress(i + 1, len(targets))
     if "reward" not in result:
         result["reward"] = max(v for key, v in result.items() if key.startswith("reward_"))
+    if len(temps) == 1:  # the sampling temperature (0.0: greedy), when every target used the same
+        result["temperature"] = temps.pop()
     return result, trajs_all
 
 

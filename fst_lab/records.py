@@ -54,7 +54,7 @@ KEYS: dict[str, tuple[str, ...]] = {
            "bootstrap_proposals", "invalid_proposals", "reflection_calls", "reflection_failures", "reflection_tokens",
            "reflection_cost", "reflection", "best_id", "best_val", "seed_id", "seed_val", "val_scores", "prev_scores",
            "population", "errors", "gepa_run_dir", "seconds"),
-    EVAL: ("reward", "reward_<label>", "split", "n", "k", "weights", "harness", "kl", "answer_top",
+    EVAL: ("reward", "reward_<label>", "split", "n", "k", "temperature", "weights", "harness", "kl", "answer_top",
            "answer_top_share", "answer_unparsed", "constant_floor"),
     ABLATION: ("base_weights+seed_harness", "base_weights+evolved_harness", "trained_weights+seed_harness",
                "trained_weights+evolved_harness"),

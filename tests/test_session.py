@@ -222,6 +222,8 @@ def test_evaluate_variants_and_ablation(tmp_path):
     exs = s.task.examples("val", s.config.eval_size)
     assert ev["constant_floor"] == max(collections.Counter(str(e.answer) for e in exs).values()) / len(exs)
     assert ev["answer_unparsed"] == sum(answer_key(s.task, t) is None for t in s.last_trajectories) / len(exs)
+    assert ev["k"] == 1 and ev["temperature"] == 0.0  # mean@1 is greedy, and the record says so
+    assert s.evaluate(k=2, temperature=0.7, record=False)["temperature"] == 0.7
 
 
 def test_ctrl_c_after_the_trainer_finished_a_step_still_counts_it(tmp_path):

@@ -421,3 +421,18 @@ def test_a_single_point_plot_has_whole_number_sample_ticks():
     fig.canvas.draw()
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert 6 in ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_reward_plot_says_how_each_curve_was_sampled():
+    """RL rollouts are sampled, the default evaluation is greedy: the legend says so, so the (often large) gap
+    between the two curves is not read as overfitting; evaluations at another temperature say which."""
+    from fst_lab.ui import plots
+
+    slow = {"kind": "slow", "reward": 0.2, "samples": 32, "samples_rl": 32, "samples_fast": 0, "rl_step": 1}
+    ev = {"kind": "eval", "reward": 0.5, "samples": 0, "n": 64, "k": 1, "temperature": 0.0}
+    labels = lambda recs: [ln.get_label() for ln in plots.curve_figures(recs)[0].axes[0].get_lines()]  # noqa: E731
+    assert labels([slow, ev, {**ev, "samples": 32}])[:2] == ["train (RL step, sampled)",
+                                                             "validation (running max, greedy)"]
+    assert "validation (running max, temperature 0.7)" in labels([{**ev, "k": 4, "temperature": 0.7}])
+    assert "validation (running max)" in labels([ev, {**ev, "temperature": 0.7}])  # mixed: no claim
+    assert "validation (running max)" in labels([{k: v for k, v in ev.items() if k != "temperature"}])

@@ -87,6 +87,15 @@ def harness_label(hid: str, origins: Mapping[str, str] | None) -> str:
 
 
 # ---------------------------------------------------------------------------- panels (one axes each)
+def _sampling(recs: Sequence[dict]) -> str:
+    """", greedy" when every evaluation sampled at temperature 0 (the default mean@1), ", temperature 0.7" when
+    all at one other, "" when unrecorded or mixed: so a gap to the sampled training reward is not misread."""
+    temps = R.values(recs, R.EVAL, "temperature")
+    if not temps or len(temps) != len(R.of_kind(recs, R.EVAL)) or len(set(temps)) != 1:
+        return ""
+    return ", greedy" if temps[0] == 0 else f", temperature {temps[0]:g}"
+
+
 def draw_floor(ax, floor: float, *, color: str = "#777", prefix: str = "") -> None:
     """A dotted line at what one constant answer scores (:func:`fst_lab.records.constant_floor`)."""
     ax.axhline(floor, ls=":", lw=1.2, color=color, label=f"{prefix}one constant answer ({floor:.3f})")
@@ -101,13 +110,14 @@ def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None
     drew = False
     xs, ys = R.series(recs, R.SLOW, "reward")
     if xs:
-        ax.plot(xs, ys, ".-", lw=1, ms=5, alpha=0.55, color=color or TRAIN_COLOR, label=f"{prefix}train (RL step)")
+        ax.plot(xs, ys, ".-", lw=1, ms=5, alpha=0.55, color=color or TRAIN_COLOR,
+                label=f"{prefix}train (RL step, sampled)")
         drew = True
     xs, ys = R.series(recs, R.EVAL, "reward")
     if xs:
         pts = sorted(zip(xs, ys))
         ax.plot([p[0] for p in pts], R.running_max([p[1] for p in pts]), "o-", lw=2, ms=7, mfc="white",
-                color=color or VAL_COLOR, label=f"{prefix}validation (running max)")
+                color=color or VAL_COLOR, label=f"{prefix}validation (running max{_sampling(recs)})")
         drew = True
         value = R.constant_floor(R.latest(recs, R.EVAL, "constant_floor"))
         if floor and value is not None:
