@@ -383,6 +383,14 @@ def test_an_rl_only_population_reads_no_gepa_score_not_unevaluated():
     assert "hover@a1  score 0.500" in fst and "hover@b2  not evaluated" in fst
     assert "<i>no GEPA score (RL-only)</i>" in render.population_html(edges, ["a1"], mode="rl")
     assert "<i>not evaluated</i>" in render.population_html(edges, ["b2"], mode="fst")
+    # The dashboard's population-scores panel writes the same beside the bar.
+    from fst_lab.ui import plots
+
+    def bar_texts(mode):
+        fig = plots.progress_figure([], {"a1": None}, {"a1": "seed"}, mode=mode)
+        return [t.get_text() for t in fig.axes[3].texts]
+
+    assert "no GEPA score (RL-only)" in bar_texts("rl") and "not evaluated" in bar_texts("fst")
 
 
 def test_reward_plot_draws_the_constant_answer_floor_when_recorded():

@@ -311,7 +311,7 @@ class Dashboard:
         try:
             scores = {h.id: s.population_scores.get(h.id) for h in s.population}
             origins = {h.id: h.lineage.origin for h in s.harnesses.values()}
-            png = progress_png(list(s.metrics), scores, origins)
+            png = progress_png(list(s.metrics), scores, origins, mode=s.config.mode)
         except Exception as e:
             log.warning("plot failed: %s", e)
             return

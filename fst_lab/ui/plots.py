@@ -201,10 +201,16 @@ def draw_per_harness(ax, recs: Sequence[dict], origins: Mapping[str, str] | None
     return {h: colors[h] for h in series}
 
 
+def unscored(mode: str | None) -> str:
+    """What a population member without a GEPA score is called: "not evaluated" (a fresh hand edit, a seed
+    before the first round), or, in an RL-only run, which never runs a GEPA round, "no GEPA score (RL-only)"."""
+    return "no GEPA score (RL-only)" if mode == "rl" else "not evaluated"
+
+
 def draw_population(ax, scores: Mapping[str, float | None], origins: Mapping[str, str] | None = None,
-                    colors: Mapping[str, str] | None = None) -> bool:
+                    colors: Mapping[str, str] | None = None, mode: str | None = None) -> bool:
     """The current population's GEPA validation scores (bar per harness, value written beside it, so a
-    score of 0 still shows; "not evaluated" for a harness without a score)."""
+    score of 0 still shows; :func:`unscored` for a harness without a score)."""
     ids = list(scores)
     ax.set(title="Population scores (GEPA validation)", xlabel="score", xlim=(0, 1.15))
     if not ids:
@@ -215,7 +221,7 @@ def draw_population(ax, scores: Mapping[str, float | None], origins: Mapping[str
     ax.barh(range(len(ids)), [v if isinstance(v, (int, float)) else 0.0 for v in vals],
             color=[colors[h] for h in ids], height=0.6)
     for i, v in enumerate(vals):
-        text = f"{v:.3f}" if isinstance(v, (int, float)) else "not evaluated"
+        text = f"{v:.3f}" if isinstance(v, (int, float)) else unscored(mode)
         ax.text((v if isinstance(v, (int, float)) else 0.0) + 0.02, i, text, va="center", fontsize=10)
     ax.set_yticks(range(len(ids)), [harness_label(h, origins) for h in ids])
     ax.invert_yaxis()
@@ -224,7 +230,7 @@ def draw_population(ax, scores: Mapping[str, float | None], origins: Mapping[str
 
 # ---------------------------------------------------------------------------- whole figures
 def progress_figure(records: Sequence[dict], population_scores: Mapping[str, float | None] | None = None,
-                    origins: Mapping[str, str] | None = None, *, title: str = ""):
+                    origins: Mapping[str, str] | None = None, *, title: str = "", mode: str | None = None):
     """The dashboard's 2x2 Figure: reward vs samples, KL vs reward, reward per harness, population."""
     recs = R.normalize_all(records)
     fig = _figure(11, 7.2, dpi=90)
@@ -233,7 +239,7 @@ def progress_figure(records: Sequence[dict], population_scores: Mapping[str, flo
     order = list(population_scores or {})
     colors = harness_colors(order + list(per_harness_rewards(recs)[1]))
     drew[c] = bool(draw_per_harness(c, recs, origins, colors))
-    drew[d] = draw_population(d, dict(population_scores or {}), origins, colors)
+    drew[d] = draw_population(d, dict(population_scores or {}), origins, colors, mode=mode)
     for ax in (a, b, c, d):
         _fonts(ax)
         if not drew[ax]:
@@ -313,5 +319,5 @@ def figure_png(fig) -> bytes:
 
 
 def progress_png(records: Sequence[dict], population_scores: Mapping[str, float | None] | None = None,
-                 origins: Mapping[str, str] | None = None, *, title: str = "") -> bytes:
-    return figure_png(progress_figure(records, population_scores, origins, title=title))
+                 origins: Mapping[str, str] | None = None, *, title: str = "", mode: str | None = None) -> bytes:
+    return figure_png(progress_figure(records, population_scores, origins, title=title, mode=mode))

@@ -16,7 +16,7 @@ import json
 from typing import Any, Mapping, Sequence
 
 from fst_lab import records as R
-from fst_lab.ui.plots import ORIGIN_COLORS
+from fst_lab.ui.plots import ORIGIN_COLORS, unscored
 
 STYLE = """<style>
 .fst-mono textarea { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
@@ -187,12 +187,6 @@ def ok_html(message: str) -> str:
 
 def _origin(origin: str) -> str:
     return f"<span style='color:{ORIGIN_COLORS.get(origin, '#333')};font-weight:600'>{esc(origin)}</span>"
-
-
-def unscored(mode: str | None) -> str:
-    """What a population member without a GEPA score is called: "not evaluated" (a fresh hand edit, a seed
-    before the first round), or, in an RL-only run, which never runs a GEPA round, "no GEPA score (RL-only)"."""
-    return "no GEPA score (RL-only)" if mode == "rl" else "not evaluated"
 
 
 def population_html(lineage: Sequence[Mapping[str, Any]], population: Sequence[str], best: str | None = None,
