@@ -517,17 +517,19 @@ add seeds to this picture; they cannot turn it into a comparison of the methods.
 summary in the app now say "⚠ last evaluation gave one answer: 100% 'SUPPORTED' (a constant answer scores
 0.500)" for such a run.
 
-**Status (session 12): 32 of 40 planned runs** — math complete (15 of 15), the Gemma variant complete (GEPA-only
+**Status (session 13): 34 of 40 planned runs** — math complete (15 of 15), the Gemma variant complete (GEPA-only
 5 of 5; FST 5 of 5: Gemma − policy = −0.016 [−0.047, 0.000], seeds 0, 1, 3 and 4 end at the same running max,
-seed 2 −0.078), HoVer GEPA-only 5 of 5 (0.541 [0.503, 0.569]), **HoVer RL-only 1 of 5 and FST 1 of 5**: FST
-seed 0 finished 0.562 → 0.641 (step 6) → 0.578 → 0.406 → 0.500 → 0.469 (10,862 s over three sessions), the same
-running max as RL-only seed 0 (FST − RL-only = 0.000) and KL ratio 1.00 at matched reward; its last evaluation
-answers SUPPORTED to 62% of the claims (RL-only: 100%); its 2×2 ablation is flat at chance (0.562 / 0.516 /
-0.500 / 0.469). Missing, and why: HoVer RL-only seeds 1–4 and FST seeds 1–4 — each is 2.5–3 CPU-hours and only
-two processes fit the machine. Seeds 1 of both modes ran 01:52–03:10 UTC and resume next session: RL-only at
-step 12 (0.469 → 0.469 → 0.500, answering SUPPORTED to 56% → **94% → 100%** of the claims), FST at step 11
-(0.469 → 0.469 at step 6, SUPPORTED 56% → 94%) — the collapse to one label repeats, now visible in the runs'
-own evaluation records.
+seed 2 −0.078), HoVer GEPA-only 5 of 5 (0.541 [0.503, 0.569]), **HoVer RL-only 2 of 5 and FST 2 of 5** (running
+max RL-only 0.578 [0.516, 0.641], FST 0.633 [0.625, 0.641]; paired FST − RL-only +0.055 [0.000, +0.109] over
+2 seeds — two seeds bound nothing). Seed 1 finished this session: RL-only 0.469 → 0.469 → 0.500 → 0.500 → 0.500 →
+0.516 (11,255 s over two sessions), answering SUPPORTED to 56% → 94% → 100% → 100% → 100% → 98% of the claims;
+FST 0.469 → 0.469 → 0.500 → 0.500 → 0.500 → **0.625** (12,912 s), SUPPORTED 56% → 94% → 98% → 100% → 100% → 81%,
+2×2 ablation base+seed 0.469 / base+evolved 0.500 / trained+seed 0.562 / trained+evolved 0.625. That last FST
+evaluation is the first HoVer evaluation in the grid outside 2 standard errors of the 0.5 floor (±0.121 at 0.625
+on 64 claims), by 0.004, and it is the last of six (the running max picks it): it gets 30 of 32 SUPPORTED claims
+and 10 of 32 NOT_SUPPORTED ones right. Seed 0's FST ended at 0.469. Read it as one seed leaving the floor, not as
+a method difference. Missing, and why: HoVer RL-only seeds 2–4 (seed 2 at RL step 6 of 30, resumes) and FST
+seeds 2–4 — each is ~3 CPU-hours and two processes fit the machine (two lanes ran 03:49–06:10 UTC this session).
 From seed 1 on, HoVer runs use `slow.micro_batch_size` 4 (seeds 0: 8): TRL's CISPO loss divides by the
 generation batch's token count, so the update is the same; a HoVer forward+backward of 8 × 550 tokens peaks at
 7.2 GB resident in bf16 against 4.2 GB for 4, at no loss of tokens per second (section "Memory" below), and the
