@@ -528,8 +528,8 @@ FST 0.469 → 0.469 → 0.500 → 0.500 → 0.500 → **0.625** (12,912 s), SUPP
 evaluation is the first HoVer evaluation in the grid outside 2 standard errors of the 0.5 floor (±0.121 at 0.625
 on 64 claims), by 0.004, and it is the last of six (the running max picks it): it gets 30 of 32 SUPPORTED claims
 and 10 of 32 NOT_SUPPORTED ones right. Seed 0's FST ended at 0.469. Read it as one seed leaving the floor, not as
-a method difference. Missing, and why: HoVer RL-only seeds 2–4 (seed 2 at RL step 6 of 30, resumes) and FST
-seeds 2–4 — each is ~3 CPU-hours and two processes fit the machine (two lanes ran 03:49–06:10 UTC this session).
+a method difference. Missing, and why: HoVer RL-only seeds 2–4 (seed 2 at RL step 10 of 30, resumes) and FST
+seeds 2–4 (seed 2 at RL step 3, resumes) — each is ~3 CPU-hours and two processes fit the machine (two lanes ran 03:49–06:10 and 06:12–06:32 UTC this session).
 From seed 1 on, HoVer runs use `slow.micro_batch_size` 4 (seeds 0: 8): TRL's CISPO loss divides by the
 generation batch's token count, so the update is the same; a HoVer forward+backward of 8 × 550 tokens peaks at
 7.2 GB resident in bf16 against 4.2 GB for 4, at no loss of tokens per second (section "Memory" below), and the
