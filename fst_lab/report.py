@@ -30,6 +30,7 @@ def summary_rows(run_dirs: Sequence[str | Path]) -> list[dict]:
             "val_max": max(ev) if ev else None,
             "answers_last": render.answers_text(records.latest(run.metrics, EVAL, "answer_top_share")),
             "train_reward_last": slow_last["reward"] if slow_last else None,
+            "train_unparsed_last": slow_last.get("fst/answer_unparsed") if slow_last else None,
             "kl_last": kl_last["kl"] if kl_last else None,
             "best_fast_val": max(fast_best) if fast_best else None,
             "population": len(run.state.get("population", [])),

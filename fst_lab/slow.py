@@ -69,6 +69,7 @@ from fst_lab.klprobe import probe_kl
 from fst_lab.models import Policy, cuda_available, generation_check
 from fst_lab.rollout import rollout_pairs
 from fst_lab.stepper import StepInterrupted, TrainerStepper
+from fst_lab.tasks.base import answer_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from fst_lab.tasks.base import Example, Task
@@ -312,7 +313,8 @@ class SlowLearner:
         processes) and ``tokens`` (their model tokens); ``loss``, ``kl_train`` (TRL's KL on the step's
         tokens, beta > 0), ``entropy``, ``learning_rate`` and TRL's other step values; ``kl``/``kl_bare``
         (the fixed KL probe with/without a harness, when ``kl_probe_size``); ``completion_length``,
-        ``fst/*`` rollout counts; ``extra_loss`` (when the hook added a term); ``step_seconds``;
+        ``fst/*`` rollout means (:func:`rollout_values`; ``fst/answer_unparsed`` = share with no parsable
+        answer); ``extra_loss`` (when the hook added a term); ``step_seconds``;
         ``population``.
 
         Ctrl-C raises :class:`~fst_lab.stepper.StepInterrupted`; its ``records`` are the steps completed
@@ -407,7 +409,8 @@ class SlowLearner:
             "population": [h.id for h, _, _ in plan], "slot": [s for _, _, s in plan], "reward": rewards,
             "dropped": dropped, "model_tokens": [float(e.model_tokens) for e in episodes],
             "observation_tokens": [float(e.observation_tokens) for e in episodes],
-            "tool_calls": [float(len(t.tool_calls)) for t in trajs], "turns": [float(t.n_turns) for t in trajs]}
+            "tool_calls": [float(len(t.tool_calls)) for t in trajs], "turns": [float(t.n_turns) for t in trajs],
+            "answer_unparsed": [float(answer_key(task, t) is None) for t in trajs]}
         return {"prompt_ids": [e.prompt_ids for e in episodes], "completion_ids": [e.completion_ids for e in episodes],
                 "logprobs": None, "env_mask": masks, "fst_reward": rewards}
 
@@ -425,23 +428,8 @@ class SlowLearner:
         rec.update(logs)
         if "kl" in rec:
             rec["kl_train"] = rec.pop("kl")
-        slots: dict[int, list[float]] = {}
-        for k, r in zip(stats["slot"], stats["reward"]):
-            slots.setdefault(k, []).append(r)
-        by_id: dict[str, list[float]] = {}
-        for k in sorted(slots):
-            mean, std = _mean_std(slots[k])
-            rec[f"reward/h{k}"], rec[f"reward_std/h{k}"] = mean, std
-            hid = stats["population"][stats["slot"].index(k)]
-            by_id.setdefault(hid, []).extend(slots[k])
-        rec["reward_by_harness"] = {hid: _mean_std(v)[0] for hid, v in by_id.items()}
-        rec.setdefault("reward", _mean_std(stats["reward"])[0])
-        rec.setdefault("reward_std", _mean_std(stats["reward"])[1])
-        for key in ("model_tokens", "observation_tokens", "tool_calls", "turns", "dropped"):
-            rec[f"fst/{'dropped_groups' if key == 'dropped' else key}"] = _mean_std(stats[key])[0]
+        rec.update(rollout_values(stats, setdefault=rec))
         rec["rollouts"] = cfg.prompts_per_step * cfg.num_generations
-        rec["completion_length"] = rec["fst/model_tokens"]
-        rec["tokens"] = int(sum(stats["model_tokens"]))
         values = self.trainer.extra_loss_values
         if values:
             rec["extra_loss"] = sum(values) / len(values)
@@ -613,6 +601,35 @@ def _env_world_size() -> int:
 def _task_reward(prompts, completions, fst_reward, **_):
     """TRL reward function: the task score computed in the rollout (an extra field of rollout_func's output)."""
     return list(fst_reward)
+
+
+ROLLOUT_MEANS = ("model_tokens", "observation_tokens", "tool_calls", "turns", "answer_unparsed")
+
+
+def rollout_values(stats: dict[str, list], setdefault: dict | None = None) -> dict[str, Any]:
+    """A step's record values from its rollouts' own numbers (``stats``: one list entry per rollout, keys
+    ``population``/``slot``/``reward``/``dropped`` and :data:`ROLLOUT_MEANS`): ``reward/h{i}`` and
+    ``reward_std/h{i}`` per population slot, ``reward_by_harness``, ``fst/<key>`` means (``fst/answer_unparsed``:
+    the share of rollouts with no parsable answer; ``fst/dropped_groups``), ``completion_length``, ``tokens``,
+    and ``reward``/``reward_std`` unless ``setdefault`` (TRL's logged values) already has them."""
+    out: dict[str, Any] = {}
+    slots: dict[int, list[float]] = {}
+    for k, r in zip(stats["slot"], stats["reward"]):
+        slots.setdefault(k, []).append(r)
+    by_id: dict[str, list[float]] = {}
+    for k in sorted(slots):
+        out[f"reward/h{k}"], out[f"reward_std/h{k}"] = _mean_std(slots[k])
+        by_id.setdefault(stats["population"][stats["slot"].index(k)], []).extend(slots[k])
+    out["reward_by_harness"] = {hid: _mean_std(v)[0] for hid, v in by_id.items()}
+    mean, std = _mean_std(stats["reward"])
+    have = setdefault or {}
+    out["reward"], out["reward_std"] = have.get("reward", mean), have.get("reward_std", std)
+    for key in ROLLOUT_MEANS:
+        out[f"fst/{key}"] = _mean_std(stats[key])[0]
+    out["fst/dropped_groups"] = _mean_std(stats["dropped"])[0]
+    out["completion_length"] = out["fst/model_tokens"]
+    out["tokens"] = int(sum(stats["model_tokens"]))
+    return out
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:

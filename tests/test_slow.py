@@ -377,6 +377,7 @@ def test_hover_tool_rollouts_train(tiny_policy, harness_dir, tmp_path):
         assert len(trajs) == G
         assert all(t.tool_calls and t.tool_calls[0]["observation"] and not t.tool_calls[0]["error"] for t in trajs)
         assert rec["fst/tool_calls"] == 1.0 and rec["fst/turns"] == 2.0 and rec["fst/observation_tokens"] > 0
+        assert rec["fst/answer_unparsed"] == 0.0  # every scripted verdict is a label
         # TRL counted only model tokens (env_mask) as the completion length
         assert rec["completions/mean_length"] == pytest.approx(rec["fst/model_tokens"])
         assert all(e.multi_turn and e.observation_tokens for e in lr.last_episodes)
@@ -614,3 +615,26 @@ def test_trl_fused_head_scores_only_completion_positions_on_cpu_same_values(monk
     # least) skips the prompt rows; nothing else changes.
     per_row = 2 * model.config.hidden_size * model.config.vocab_size * (2 * 39 - int(valid.sum()))
     assert flops_all - flops >= 2 * per_row and (flops_all - flops) % per_row == 0
+
+
+def test_step_record_counts_rollouts_without_an_answer(tiny_policy, harness_dir, tmp_path):
+    """A sampled rollout that gives no parsable answer scores 0 like a wrong one; the step record tells them
+    apart (``fst/answer_unparsed``), so a low training reward can be read."""
+    from fst_lab.tasks import get_task
+
+    task = get_task("hover", level=1)
+    pop = [Harness.load(harness_dir / "hover.yaml").with_components({"few_shot": "[]"}, origin="manual")]
+    cfg = _cfg(population_size=1, prompts_per_step=1, drop_zero_variance_groups=False, kl_probe_size=0)
+    with SlowLearner(tiny_policy, task, pop, cfg, output_dir=tmp_path / "t") as lr:
+        verdicts = itertools.cycle(["SUPPORTED", "probably true", "NOT_SUPPORTED", "I cannot tell"])
+        lr._gen_policy = ScriptedToolPolicy(model=lr.trainer.model, tokenizer=tiny_policy.tokenizer,
+                                            verdicts=verdicts)
+        rec = lr.step(1)[-1]
+    finals = [t.final_text.rsplit("Answer: ", 1)[-1] for t in lr.last_trajectories]
+    assert len(finals) == G and set(finals) <= {"SUPPORTED", "probably true", "NOT_SUPPORTED", "I cannot tell"}
+    unparsed = sum(f not in LABELS for f in finals) / G
+    assert 0 < unparsed < 1 and rec["fst/answer_unparsed"] == pytest.approx(unparsed)
+    assert rec["reward"] <= 1 - unparsed  # an unparsed answer never scores
+    from fst_lab import records
+
+    assert {k for k in rec if k.startswith("fst/")} <= set(records.KEYS[records.SLOW])  # the schema names them

@@ -333,6 +333,29 @@ def test_result_summary_states_the_result():
     assert "one answer" not in line  # records without answer statistics (older runs) say nothing of them
 
 
+def test_result_summary_says_how_many_training_rollouts_gave_no_answer(tmp_path):
+    """HoVer's sampled training reward (0.03-0.44) sat far below its greedy validation (0.47-0.50) with no
+    hint why: the summary and `fst-lab compare` now say what share of the last step's rollouts gave no answer."""
+    import json
+
+    from fst_lab.report import summary_rows
+
+    step = {"kind": "slow", "rl_step": 12, "reward": 0.125, "fst/answer_unparsed": 0.625, "samples": 384}
+    line = render.result_summary([{"kind": "eval", "reward": 0.5, "samples": 0}, step])
+    assert "last train reward 0.125 (RL step 12; 62% of rollouts gave no answer)" in line
+    assert "gave no answer" not in render.result_summary([{**step, "fst/answer_unparsed": 0.0}])
+    assert "last train reward 0.125 (RL step 12)" in render.result_summary([{k: v for k, v in step.items()
+                                                                            if not k.startswith("fst/")}])
+    html = render.status_html({"mode": "rl", "task": "hover"}, {"busy": False}, last_step=step)
+    assert "last RL step reward 0.125 (62% of rollouts gave no answer)" in html
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "config.yaml").write_text("mode: rl\ntask: hover\n")
+    (d / "state.json").write_text("{}")
+    (d / "metrics.jsonl").write_text(json.dumps(step) + "\n")
+    assert summary_rows([d])[0]["train_unparsed_last"] == 0.625
+
+
 def test_result_summary_calls_out_a_reward_a_constant_answer_earns(tmp_path):
     """An RL run on balanced labels can collapse to one answer and read 0.5: the summary says so, and
     `fst-lab compare` shows every run's last answer distribution; a varied evaluation raises no flag."""

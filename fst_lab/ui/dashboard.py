@@ -284,7 +284,9 @@ class Dashboard:
             log.debug("status unavailable: %s", e)
             return
         state = state or self.runner.state()
-        html = render.status_html(st, state, last_eval=records.latest(self.session.metrics, records.EVAL, "reward"))
+        metrics = self.session.metrics
+        html = render.status_html(st, state, last_eval=records.latest(metrics, records.EVAL, "reward"),
+                                  last_step=records.latest(metrics, records.SLOW, "reward"))
         if force or self.status.value != html:
             self.status.value = html
         self._shown = (state, html)

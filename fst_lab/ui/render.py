@@ -71,10 +71,11 @@ def state_line(state: Mapping[str, Any]) -> str:
 
 
 def status_html(st: Mapping[str, Any], state: Mapping[str, Any] | None = None,
-                last_eval: Mapping[str, Any] | None = None) -> str:
+                last_eval: Mapping[str, Any] | None = None, last_step: Mapping[str, Any] | None = None) -> str:
     """The dashboard's status: busy/paused/idle and progress (from the runner state), then where the
-    run is (cycle, RL step, fast round, samples, elapsed) from ``session.status()``, then the last
-    evaluation (``last_eval``, an eval record) with a warning when it gave one answer to nearly everything."""
+    run is (cycle, RL step, fast round, samples, elapsed) from ``session.status()``, the last RL step's
+    sampled reward (``last_step``, a slow record) with the share of its rollouts that gave no answer, then the
+    last evaluation (``last_eval``, an eval record) with a warning when its reward says nothing of skill."""
     state = dict(state or {"busy": st.get("busy"), "activity": st.get("activity"), "paused": st.get("paused")})
     busy, paused = bool(state.get("busy")), bool(state.get("paused"))
     color = "#b36b00" if paused else "#2ca02c" if busy else "#999"
@@ -86,6 +87,9 @@ def status_html(st: Mapping[str, Any], state: Mapping[str, Any] | None = None,
         f"samples {esc(st.get('samples'))} (RL {esc(st.get('samples_rl'))} + fast {esc(st.get('samples_fast'))})",
         f"elapsed {float(st.get('elapsed') or 0):.1f} s",
     ]
+    if last_step and isinstance(last_step.get("reward"), (int, float)):
+        unparsed = train_unparsed_text(last_step)
+        where.append(f"last RL step reward {last_step['reward']:.3f}" + (f" ({unparsed})" if unparsed else ""))
     if last_eval and isinstance(last_eval.get("reward"), (int, float)):
         where.append(f"last evaluation {last_eval['reward']:.3f}")
     err = f"<div style='color:#b00'>{esc(state['error'])}</div>" if state.get("error") else ""
@@ -133,6 +137,16 @@ def answers_warning(rec: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+def train_unparsed_text(rec: Mapping[str, Any] | None) -> str | None:
+    """"38% of rollouts gave no answer" for an RL step record whose sampled rollouts did not all give a
+    parsable answer (those score 0 like wrong ones; it is why a sampled train reward can sit far below a
+    greedy evaluation); None when every rollout answered or the record predates the count."""
+    share = (rec or {}).get("fst/answer_unparsed")
+    if not isinstance(share, (int, float)) or share <= 0:
+        return None
+    return f"{share:.0%} of rollouts gave no answer"
+
+
 def result_summary(metrics: Sequence[Mapping[str, Any]]) -> str:
     """One line: validation reward first → last (best) and the 2x2 ablation, or what is missing."""
     recs = R.normalize_all([dict(m) for m in metrics])
@@ -155,7 +169,8 @@ def result_summary(metrics: Sequence[Mapping[str, Any]]) -> str:
             parts.append("ablation " + " / ".join(cells))
     rl = R.latest(recs, R.SLOW, "reward")
     if rl:
-        parts.append(f"last train reward {rl['reward']:.3f} (RL step {rl.get('rl_step', '?')})")
+        parts.append(f"last train reward {rl['reward']:.3f} (RL step {rl.get('rl_step', '?')}"
+                     + (f"; {train_unparsed_text(rl)}" if train_unparsed_text(rl) else "") + ")")
     return " · ".join(parts)
 
 
