@@ -10,6 +10,10 @@ hand-written one whose system prompt and four balanced few-shot demos spell out 
 in Kelby. Encyclopedia: born in Marrowford. Different."). Reported per harness: the reward, the answer
 statistics every evaluation records (``fst_lab.evaluation.answer_stats``), accuracy on each gold label, and
 the first transcripts.
+
+A third row samples the seed harness at the grid's RL temperature (1.0, top-p 1, no top-k), as the slow loop
+does, and splits the claims with no parsable answer into those cut off at the 48-token cap and those that
+finished without one: what the RL reward reads, next to what the greedy evaluation reads.
 """
 
 from __future__ import annotations
@@ -54,29 +58,48 @@ def compare_harness(seed: dict) -> dict:
     return h
 
 
-def probe(policy, task, examples, harness, *, max_new_tokens: int) -> dict:
+RL_TEMPERATURE = 1.0  # the powered grid's slow.temperature
+
+
+def probe(policy, task, examples, harness, *, max_new_tokens: int, temperature: float = 0.0) -> dict:
     from fst_lab.evaluation import ANSWER_KEYS, mean_at_k
+    from fst_lab.tasks.base import answer_key
 
     t0 = time.time()
-    res, trajs = mean_at_k(policy, [("best", harness)], examples, task, k=1, max_new_tokens=max_new_tokens, seed=0)
+    res, trajs = mean_at_k(policy, [("best", harness)], examples, task, k=1, max_new_tokens=max_new_tokens, seed=0,
+                           temperature=temperature)
     by_gold: dict[str, list[float]] = {}
     for e, t in zip(examples, trajs):
         by_gold.setdefault(str(e.answer), []).append(t.reward)
-    return {"harness": harness.name, "reward": res["reward"], **{k: res.get(k) for k in ANSWER_KEYS},
+    unparsed = [t for t in trajs if answer_key(task, t) is None]
+    return {"harness": harness.name, "temperature": temperature, "reward": res["reward"],
+            **{k: res.get(k) for k in ANSWER_KEYS},
+            "unparsed_cut_off": sum(bool(t.truncated) for t in unparsed) / len(trajs),
+            "unparsed_finished": sum(not t.truncated for t in unparsed) / len(trajs),
+            "tool_calls": sum(len(t.tool_calls) for t in trajs) / len(trajs),
             "accuracy_by_gold": {g: sum(v) / len(v) for g, v in sorted(by_gold.items())},
             "seconds": round(time.time() - t0, 1), "transcripts": [t.transcript(600) for t in trajs[:3]]}
 
 
 def markdown(res: dict, plots_rel: str = "plots") -> str:
-    rows = [{"harness": r["harness"], "reward": f"{r['reward']:.3f}",
+    def no_answer(r: dict) -> str:
+        if "unparsed_cut_off" not in r:  # a result written before the split was recorded
+            return f"{r['answer_unparsed']:.0%}"
+        return f"{r['answer_unparsed']:.0%} ({r['unparsed_cut_off']:.0%} cut off, {r['unparsed_finished']:.0%} finished)"
+
+    rows = [{"harness": r["harness"],
+             "sampling": "greedy" if not r.get("temperature") else f"T={r['temperature']:g} (as RL)",
+             "reward": f"{r['reward']:.3f}",
              "most common answer": f"{r['answer_top']} ({r['answer_top_share']:.0%})",
              **{f"right when {g}": f"{v:.2f}" for g, v in r["accuracy_by_gold"].items()},
-             "no answer": f"{r['answer_unparsed']:.0%}", "a constant answer scores": f"{r['constant_floor']:.3f}"}
+             "no answer": no_answer(r), "a constant answer scores": f"{r['constant_floor']:.3f}"}
             for r in res["rows"]]
     out = [f"Command: `{res['command']}`; {res['n']} validation claims (seed {res['seed']}, level {res['level']}), "
-           "base weights, greedy.", "", table(rows), ""]
+           f"base weights, {res.get('max_new_tokens', 48)} new tokens per turn.", "", table(rows), ""]
     for r in res["rows"]:
-        out += [f"First transcript, `{r['harness']}`:", "", "    " + r["transcripts"][0].replace("\n", "\n    "), ""]
+        how = "greedy" if not r.get("temperature") else f"sampled at T={r['temperature']:g}"
+        out += [f"First transcript, `{r['harness']}` ({how}):", "",
+                "    " + r["transcripts"][0].replace("\n", "\n    "), ""]
     return "\n".join(out)
 
 
@@ -93,12 +116,13 @@ def main(argv=None) -> dict:
     examples = task.examples("val", n)
     policy = tiny_policy(seed=0) if args.smoke else load_policy()
     seed_dict = yaml.safe_load((REPO / "harnesses" / "hover.yaml").read_text())
-    res = new_result(NAME, MODULE, argv, smoke=args.smoke, n=n, level=level, seed=seed, rows=[])
-    for h in (seed_dict, compare_harness(seed_dict)):
-        row = probe(policy, task, examples, Harness.from_dict(h), max_new_tokens=8 if args.smoke else 48)
+    mnt = 8 if args.smoke else 48
+    res = new_result(NAME, MODULE, argv, smoke=args.smoke, n=n, level=level, seed=seed, max_new_tokens=mnt, rows=[])
+    for h, temp in ((seed_dict, 0.0), (compare_harness(seed_dict), 0.0), (seed_dict, RL_TEMPERATURE)):
+        row = probe(policy, task, examples, Harness.from_dict(h), max_new_tokens=mnt, temperature=temp)
         res["rows"].append(row)
-        print(f"{row['harness']}: reward {row['reward']:.3f}, {row['answer_top']} {row['answer_top_share']:.0%}, "
-              f"{row['seconds']} s", flush=True)
+        print(f"{row['harness']} (T={temp:g}): reward {row['reward']:.3f}, {row['answer_top']} "
+              f"{row['answer_top_share']:.0%}, no answer {row['answer_unparsed']:.0%}, {row['seconds']} s", flush=True)
     save_result(args.out, NAME, res)
     print(markdown(res))
     return res

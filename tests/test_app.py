@@ -157,8 +157,9 @@ def test_pick_run_cycle_and_harnesses(client, tiny_view):
     assert {"tiny", "leaky"} <= set(choice_values(runs))
 
     out = client.predict("tiny", api_name="/select_run")
-    status, cycles, ha, hb, task, examples, config, diff_code, diff_view, lineage, p1, p2 = out
+    status, cycles, ha, hb, task, examples, config, diff_code, diff_view, lineage, p1, p2, weights = out
     assert "tiny" in status and "step_000001" in status  # the checkpoint is listed
+    assert value_of(weights) == "trained"  # the arena opens on the weights the run's harnesses evolved with
     assert choice_values(cycles) == ["latest", "1"]
     assert value_of(ha) == f"run:{seed.id}"  # default: seed vs best evolved
     assert value_of(hb) == f"run:{edited.id}"
@@ -185,7 +186,7 @@ def test_pick_run_cycle_and_harnesses(client, tiny_view):
     assert "name: math" in d2[0]
 
     init = client.predict("", api_name="/initial_view")
-    assert "No run selected" in init[0]
+    assert "No run selected" in init[0] and value_of(init[-1]) == "base"
 
 
 def test_arena_answers_an_example_on_both_sides(client, tiny_view):

@@ -380,13 +380,15 @@ def test_app_weights_choice_consolidated_vs_trained_reads_the_right_tensors(tmp_
     import torch
     from safetensors.torch import load_file
 
-    from fst_lab.app.weights import PolicyCache
+    from fst_lab.app.weights import PolicyCache, default_weights
     from fst_lab.models import tiny_policy
     from fst_lab.runs import load_run
 
     s = _session(tmp_path, "cons", schedule="w")
     s.edit_harness(0, {"system_prompt": "Add step by step, check twice, end with 'Answer: <number>'."})
+    assert default_weights(load_run(s.run_dir)) == "base"  # nothing trained yet: the arena opens on the base
     s.slow_step(1)
+    assert default_weights(load_run(s.run_dir)) == "trained"
     ck = s.rundir.checkpoint_dir(s.checkpoint)
     before = load_file(str(ck / "adapter_model.safetensors"))  # the RL-trained adapter
     cache = PolicyCache(policy_factory=lambda name: tiny_policy(seed=0))
@@ -398,6 +400,7 @@ def test_app_weights_choice_consolidated_vs_trained_reads_the_right_tensors(tmp_
     after = load_file(str(ck / "adapter_model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
     view = load_run(s.run_dir)
+    assert default_weights(view) == "consolidated" and default_weights(None) == "base"
 
     def lora(policy):
         return {n.replace(".default", ""): p.detach() for n, p in policy.model.named_parameters() if "lora_" in n}

@@ -1,7 +1,8 @@
 """The app's page: the run picker and harness pair above three tabs (Arena, Evolution, Train).
 
 The picker opens on the newest run with its one-line result (validation start → end, the 2x2
-ablation); choosing a run or a cycle updates every tab (diff, lineage, plots, the arena's task), and
+ablation); choosing a run or a cycle updates every tab (diff, lineage, plots, the arena's task; a run
+also sets the weights to the ones its harnesses last evolved with: consolidated, trained or base), and
 starting a session in the Train tab selects its run. Every event has an ``api_name``, so
 ``gradio_client`` can drive everything the browser can.
 """
@@ -14,7 +15,7 @@ from typing import Any, Callable
 
 from fst_lab.app import arena, evolution, train
 from fst_lab.app import catalog as C
-from fst_lab.app.weights import PolicyCache
+from fst_lab.app.weights import PolicyCache, default_weights
 from fst_lab.runs import RunDirError
 from fst_lab.ui import render
 
@@ -91,7 +92,8 @@ def build_app(runs_root: str | Path = "runs", *, policy_factory: Callable[[str],
         return (status, gr.Dropdown(choices=C.cycle_choices(run), value="latest"),
                 gr.Dropdown(choices=choices, value=a), gr.Dropdown(choices=choices, value=b),
                 *arena.for_run(app, run, app.resolve(a, run)), C.config_yaml(run) if run is not None else "",
-                diff_code, diff_view, evolution.lineage_text(run, None), fig1, fig2)
+                diff_code, diff_view, evolution.lineage_text(run, None), fig1, fig2,
+                gr.Radio(value=default_weights(run)))
 
     def select_cycle(run_name, cycle):
         run, msg = app.open(run_name)
@@ -133,7 +135,7 @@ def build_app(runs_root: str | Path = "runs", *, policy_factory: Callable[[str],
                 train.build_tab(app, header)
 
         select_outputs = [run_status, cycle_dd, harness_a, harness_b, ar["task"], ar["example"], ev["config"],
-                          ev["diff_code"], ev["diff_view"], ev["lineage"], ev["plot_reward"], ev["plot_kl"]]
+                          ev["diff_code"], ev["diff_view"], ev["lineage"], ev["plot_reward"], ev["plot_kl"], weights]
         refresh_btn.click(list_runs_fn, None, run_dd, api_name="list_runs")
         run_dd.change(select_run, run_dd, select_outputs, api_name="select_run")
         cycle_dd.input(select_cycle, [run_dd, cycle_dd],

@@ -23,6 +23,22 @@ from fst_lab.runs import RunView, consolidation_steps
 log = logging.getLogger(__name__)
 
 
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
+
+
+def default_weights(run: RunView | None) -> str:
+    """The weights the arena shows when a run is picked: the ones its harnesses last evolved with.
+    "consolidated" after consolidation steps, "trained" once an RL step is checkpointed with weights,
+    else "base" (no run, a GEPA-only run, a run with no RL step yet)."""
+    ck = run.latest_checkpoint() if run is not None else None
+    if ck is None or not any((ck / f).exists() for f in WEIGHT_FILES):
+        return "base"
+    if consolidation_steps(ck):
+        return "consolidated"
+    counters = (run.state or {}).get("counters", {})
+    return "trained" if counters.get("rl_step", 0) or counters.get("consolidate_step", 0) else "base"
+
+
 class PolicyCache:
     """The base policy per model name (built once by ``policy_factory``), and a run's trained weights.
 
@@ -89,8 +105,8 @@ class PolicyCache:
         return pol, notice
 
     def _load_trained(self, model: str | None, ck: Path):
-        adapter_cfg, adapter = ck / "adapter_config.json", ck / "adapter_model.safetensors"
-        full = ck / "model.safetensors"
+        adapter_cfg, adapter = ck / "adapter_config.json", ck / WEIGHT_FILES[0]
+        full = ck / WEIGHT_FILES[1]
         fresh = self.factory(model or "smollm2-135m")  # an independent base: PEFT injects layers in place
         if adapter_cfg.exists() and adapter.exists():
             from peft import PeftModel
