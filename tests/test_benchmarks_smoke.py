@@ -501,11 +501,14 @@ def test_hover_headroom_smoke_scores_both_harnesses_per_gold_label(tmp_path):
     from benchmarks import bench_hover_headroom as bh
 
     res = _smoke("hover_headroom", tmp_path)
-    assert [r["harness"] for r in res["rows"]] == ["hover", "hover-compare"]
+    assert [(r["harness"], r["temperature"]) for r in res["rows"]] == [
+        ("hover", 0.0), ("hover-compare", 0.0), ("hover", bh.RL_TEMPERATURE)]  # the last one samples as RL does
     for r in res["rows"]:
         assert set(r["accuracy_by_gold"]) == {"SUPPORTED", "NOT_SUPPORTED"} and r["constant_floor"] == 0.5
         assert r["reward"] == pytest.approx(sum(r["accuracy_by_gold"].values()) / 2)  # 2 + 2 claims
+        # claims without an answer are split into cut off at the cap and finished without one
+        assert r["unparsed_cut_off"] + r["unparsed_finished"] == pytest.approx(r["answer_unparsed"])
     seed = __import__("yaml").safe_load((Path(__file__).resolve().parent.parent / "harnesses" / "hover.yaml").read_text())
     cmp = bh.compare_harness(seed)
     assert cmp["tools"] == seed["tools"] and len(cmp["few_shot"]) == 4 and "side by side" in cmp["system_prompt"]
-    assert "| hover-compare |" in bh.markdown(res)
+    assert "| hover-compare |" in bh.markdown(res) and "| T=1 (as RL) |" in bh.markdown(res)
