@@ -4,8 +4,9 @@
 
 Tabs:
 - **Arena**: one input (free text, or a task example with its score and feedback) goes to two
-  harnesses — by default the run's seed harness vs its best evolved one — with the base or the
-  trained weights; both answers stream in, tool calls and observations as collapsible messages. The
+  harnesses — by default the run's seed harness vs its best evolved one — with the base, trained or
+  consolidated weights (by default the ones the run's harnesses last evolved with); both answers stream
+  in, tool calls and observations as collapsible messages. The
   agent loop is :func:`fst_lab.rollout.rollout_pairs`, the one training uses.
 - **Evolution**: the line diff of the two harnesses, the population's lineage tree, reward vs
   samples and KL vs reward.

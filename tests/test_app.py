@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fst_lab.harness import Harness
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # app.py lives at the top level
 
@@ -157,9 +159,10 @@ def test_pick_run_cycle_and_harnesses(client, tiny_view):
     assert {"tiny", "leaky"} <= set(choice_values(runs))
 
     out = client.predict("tiny", api_name="/select_run")
-    status, cycles, ha, hb, task, examples, config, diff_code, diff_view, lineage, p1, p2, weights = out
+    status, cycles, ha, hb, task, examples, config, diff_code, diff_view, lineage, p1, p2, weights, tokens = out
     assert "tiny" in status and "step_000001" in status  # the checkpoint is listed
-    assert value_of(weights) == "trained"  # the arena opens on the weights the run's harnesses evolved with
+    # the arena opens on the weights the run's harnesses evolved with, and the run's new tokens per turn
+    assert value_of(weights) == "trained" and value_of(tokens) == 8
     assert choice_values(cycles) == ["latest", "1"]
     assert value_of(ha) == f"run:{seed.id}"  # default: seed vs best evolved
     assert value_of(hb) == f"run:{edited.id}"
@@ -186,7 +189,10 @@ def test_pick_run_cycle_and_harnesses(client, tiny_view):
     assert "name: math" in d2[0]
 
     init = client.predict("", api_name="/initial_view")
-    assert "No run selected" in init[0] and value_of(init[-1]) == "base"
+    assert "No run selected" in init[0] and value_of(init[-2]) == "base"
+    a_file = value_of(init[2]).removeprefix("file:")  # no run: harness A's own loop.max_new_tokens
+    a_harness = Harness.load(REPO / "harnesses" / f"{a_file}.yaml")
+    assert value_of(init[-1]) == a_harness.loop.max_new_tokens
 
 
 def test_arena_answers_an_example_on_both_sides(client, tiny_view):

@@ -352,7 +352,7 @@ def pick_inputs(ha: Harness, hb: Harness, spec: C.TaskSpec, example_id: str | No
 
 def build_tab(app, header) -> dict:
     """Lay out the Arena tab inside the current ``gr.Tab`` and wire its events. Returns the components
-    the run picker updates (``task``, ``example``)."""
+    the run picker updates (``task``, ``example``, ``max_tokens``)."""
     import gradio as gr
 
     with gr.Row():
@@ -418,7 +418,7 @@ def build_tab(app, header) -> dict:
     go_btn.click(arena, inputs, outputs, api_name="arena", concurrency_id="arena")
     free_text.submit(arena, inputs, outputs, api_name="arena_submit", concurrency_id="arena")
     task_dd.input(list_examples, [header.run_dd, task_dd], example_dd, api_name="examples")
-    return {"task": task_dd, "example": example_dd}
+    return {"task": task_dd, "example": example_dd, "max_tokens": max_tokens}
 
 
 def examples_dropdown(spec: C.TaskSpec):
@@ -428,6 +428,16 @@ def examples_dropdown(spec: C.TaskSpec):
         return gr.Dropdown(choices=C.example_choices(spec), value=C.FREE_TEXT)
     except Exception as e:  # an unknown task: free text only
         return gr.Dropdown(choices=[(f"free text only ({e})", C.FREE_TEXT)], value=C.FREE_TEXT)
+
+
+def run_max_new_tokens(run, harness) -> int:
+    """New tokens per turn as the run generated them: its config's ``max_new_tokens`` (which overrides every
+    harness), else the harness's own ``loop.max_new_tokens``, else 64; kept on the slider's 8..512 scale."""
+    cfg = (run.config or {}) if run is not None else {}
+    n = cfg.get("max_new_tokens")
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        n = harness.loop.max_new_tokens if harness is not None else 64
+    return max(8, min(512, int(n)))
 
 
 def for_run(app, run, harness_a) -> list:

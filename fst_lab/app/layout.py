@@ -2,7 +2,8 @@
 
 The picker opens on the newest run with its one-line result (validation start → end, the 2x2
 ablation); choosing a run or a cycle updates every tab (diff, lineage, plots, the arena's task; a run
-also sets the weights to the ones its harnesses last evolved with: consolidated, trained or base), and
+also sets the weights to the ones its harnesses last evolved with, and the arena's new tokens per turn to the
+run's), and
 starting a session in the Train tab selects its run. Every event has an ``api_name``, so
 ``gradio_client`` can drive everything the browser can.
 """
@@ -89,11 +90,12 @@ def build_app(runs_root: str | Path = "runs", *, policy_factory: Callable[[str],
         choices, a, b = catalog.harness_choices(run, None)
         diff_code, diff_view = evolution.diff_views(app, run, a, b)
         fig1, fig2 = evolution.curves(run)
+        harness_a = app.resolve(a, run)
         return (status, gr.Dropdown(choices=C.cycle_choices(run), value="latest"),
                 gr.Dropdown(choices=choices, value=a), gr.Dropdown(choices=choices, value=b),
-                *arena.for_run(app, run, app.resolve(a, run)), C.config_yaml(run) if run is not None else "",
+                *arena.for_run(app, run, harness_a), C.config_yaml(run) if run is not None else "",
                 diff_code, diff_view, evolution.lineage_text(run, None), fig1, fig2,
-                gr.Radio(value=default_weights(run)))
+                gr.Radio(value=default_weights(run)), gr.Slider(value=arena.run_max_new_tokens(run, harness_a)))
 
     def select_cycle(run_name, cycle):
         run, msg = app.open(run_name)
@@ -135,7 +137,8 @@ def build_app(runs_root: str | Path = "runs", *, policy_factory: Callable[[str],
                 train.build_tab(app, header)
 
         select_outputs = [run_status, cycle_dd, harness_a, harness_b, ar["task"], ar["example"], ev["config"],
-                          ev["diff_code"], ev["diff_view"], ev["lineage"], ev["plot_reward"], ev["plot_kl"], weights]
+                          ev["diff_code"], ev["diff_view"], ev["lineage"], ev["plot_reward"], ev["plot_kl"], weights,
+                          ar["max_tokens"]]
         refresh_btn.click(list_runs_fn, None, run_dd, api_name="list_runs")
         run_dd.change(select_run, run_dd, select_outputs, api_name="select_run")
         cycle_dd.input(select_cycle, [run_dd, cycle_dd],
