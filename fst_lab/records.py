@@ -50,7 +50,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     SLOW: ("reward", "reward_std", "loss", "kl", "kl_bare", "kl_train", "rollouts", "tokens", "completion_length",
            "entropy", "learning_rate", "global_step", "seconds", "step_seconds", "population", "reward_by_harness",
            "reward/h<i>", "reward_std/h<i>", "fst/model_tokens", "fst/observation_tokens", "fst/tool_calls",
-           "fst/turns", "fst/answer_unparsed", "fst/dropped_groups"),
+           "fst/turns", "fst/answer_unparsed", "fst/truncated", "fst/dropped_groups"),
     FAST: ("round", "rollouts", "rescore_rollouts", "metric_calls", "proposals", "accepted", "rejected",
            "bootstrap_proposals", "invalid_proposals", "reflection_calls", "reflection_failures", "reflection_tokens",
            "reflection_cost", "reflection", "best_id", "best_val", "seed_id", "seed_val", "val_scores", "prev_scores",

@@ -410,7 +410,8 @@ class SlowLearner:
             "dropped": dropped, "model_tokens": [float(e.model_tokens) for e in episodes],
             "observation_tokens": [float(e.observation_tokens) for e in episodes],
             "tool_calls": [float(len(t.tool_calls)) for t in trajs], "turns": [float(t.n_turns) for t in trajs],
-            "answer_unparsed": [float(answer_key(task, t) is None) for t in trajs]}
+            "answer_unparsed": [float(answer_key(task, t) is None) for t in trajs],
+            "truncated": [float(t.truncated) for t in trajs]}
         return {"prompt_ids": [e.prompt_ids for e in episodes], "completion_ids": [e.completion_ids for e in episodes],
                 "logprobs": None, "env_mask": masks, "fst_reward": rewards}
 
@@ -603,14 +604,15 @@ def _task_reward(prompts, completions, fst_reward, **_):
     return list(fst_reward)
 
 
-ROLLOUT_MEANS = ("model_tokens", "observation_tokens", "tool_calls", "turns", "answer_unparsed")
+ROLLOUT_MEANS = ("model_tokens", "observation_tokens", "tool_calls", "turns", "answer_unparsed", "truncated")
 
 
 def rollout_values(stats: dict[str, list], setdefault: dict | None = None) -> dict[str, Any]:
     """A step's record values from its rollouts' own numbers (``stats``: one list entry per rollout, keys
     ``population``/``slot``/``reward``/``dropped`` and :data:`ROLLOUT_MEANS`): ``reward/h{i}`` and
     ``reward_std/h{i}`` per population slot, ``reward_by_harness``, ``fst/<key>`` means (``fst/answer_unparsed``:
-    the share of rollouts with no parsable answer; ``fst/dropped_groups``), ``completion_length``, ``tokens``,
+    the share of rollouts with no parsable answer; ``fst/truncated``: the share whose last turn hit the token
+    cap; ``fst/dropped_groups``), ``completion_length``, ``tokens``,
     and ``reward``/``reward_std`` unless ``setdefault`` (TRL's logged values) already has them."""
     out: dict[str, Any] = {}
     slots: dict[int, list[float]] = {}

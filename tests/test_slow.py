@@ -617,6 +617,15 @@ def test_trl_fused_head_scores_only_completion_positions_on_cpu_same_values(monk
     assert flops_all - flops >= 2 * per_row and (flops_all - flops) % per_row == 0
 
 
+@dataclasses.dataclass
+class CappedScriptedPolicy(ScriptedToolPolicy):
+    """As ScriptedToolPolicy, but a reply of 'I cannot tell' stops at the token cap (no EOS)."""
+
+    def generate_text(self, prompts, **kw):
+        return [dataclasses.replace(g, finished=False) if g.text.endswith("I cannot tell") else g
+                for g in super().generate_text(prompts, **kw)]
+
+
 def test_step_record_counts_rollouts_without_an_answer(tiny_policy, harness_dir, tmp_path):
     """A sampled rollout that gives no parsable answer scores 0 like a wrong one; the step record tells them
     apart (``fst/answer_unparsed``), so a low training reward can be read."""
@@ -627,13 +636,14 @@ def test_step_record_counts_rollouts_without_an_answer(tiny_policy, harness_dir,
     cfg = _cfg(population_size=1, prompts_per_step=1, drop_zero_variance_groups=False, kl_probe_size=0)
     with SlowLearner(tiny_policy, task, pop, cfg, output_dir=tmp_path / "t") as lr:
         verdicts = itertools.cycle(["SUPPORTED", "probably true", "NOT_SUPPORTED", "I cannot tell"])
-        lr._gen_policy = ScriptedToolPolicy(model=lr.trainer.model, tokenizer=tiny_policy.tokenizer,
-                                            verdicts=verdicts)
+        lr._gen_policy = CappedScriptedPolicy(model=lr.trainer.model, tokenizer=tiny_policy.tokenizer,
+                                              verdicts=verdicts)
         rec = lr.step(1)[-1]
     finals = [t.final_text.rsplit("Answer: ", 1)[-1] for t in lr.last_trajectories]
     assert len(finals) == G and set(finals) <= {"SUPPORTED", "probably true", "NOT_SUPPORTED", "I cannot tell"}
     unparsed = sum(f not in LABELS for f in finals) / G
     assert 0 < unparsed < 1 and rec["fst/answer_unparsed"] == pytest.approx(unparsed)
+    assert rec["fst/truncated"] == pytest.approx(sum(f == "I cannot tell" for f in finals) / G)  # hit the cap
     assert rec["reward"] <= 1 - unparsed  # an unparsed answer never scores
     from fst_lab import records
 

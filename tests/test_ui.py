@@ -343,6 +343,9 @@ def test_result_summary_says_how_many_training_rollouts_gave_no_answer(tmp_path)
     step = {"kind": "slow", "rl_step": 12, "reward": 0.125, "fst/answer_unparsed": 0.625, "samples": 384}
     line = render.result_summary([{"kind": "eval", "reward": 0.5, "samples": 0}, step])
     assert "last train reward 0.125 (RL step 12; 62% of rollouts gave no answer)" in line
+    # with the share cut off at the token cap, which says whether max_new_tokens is to blame
+    assert render.train_unparsed_text({**step, "fst/truncated": 0.375}) == (
+        "62% of rollouts gave no answer, 38% hit the token cap")
     assert "gave no answer" not in render.result_summary([{**step, "fst/answer_unparsed": 0.0}])
     assert "last train reward 0.125 (RL step 12)" in render.result_summary([{k: v for k, v in step.items()
                                                                             if not k.startswith("fst/")}])

@@ -138,13 +138,16 @@ def answers_warning(rec: Mapping[str, Any] | None) -> str | None:
 
 
 def train_unparsed_text(rec: Mapping[str, Any] | None) -> str | None:
-    """"38% of rollouts gave no answer" for an RL step record whose sampled rollouts did not all give a
-    parsable answer (those score 0 like wrong ones; it is why a sampled train reward can sit far below a
-    greedy evaluation); None when every rollout answered or the record predates the count."""
-    share = (rec or {}).get("fst/answer_unparsed")
+    """"38% of rollouts gave no answer, 25% hit the token cap" for an RL step record whose sampled rollouts did
+    not all give a parsable answer (those score 0 like wrong ones; it is why a sampled train reward can sit far
+    below a greedy evaluation, and the cap share says whether ``max_new_tokens`` or the sampling is to blame);
+    None when every rollout answered or the record predates the count."""
+    rec = rec or {}
+    share, cut = rec.get("fst/answer_unparsed"), rec.get("fst/truncated")
     if not isinstance(share, (int, float)) or share <= 0:
         return None
-    return f"{share:.0%} of rollouts gave no answer"
+    return f"{share:.0%} of rollouts gave no answer" + (
+        f", {cut:.0%} hit the token cap" if isinstance(cut, (int, float)) and cut > 0 else "")
 
 
 def result_summary(metrics: Sequence[Mapping[str, Any]]) -> str:
