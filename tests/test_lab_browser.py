@@ -154,6 +154,7 @@ def test_quickstart_runs_in_jupyterlab_and_shows_the_dashboard(lab, artifacts_di
             page.wait_for_function("img => img.complete && img.naturalWidth > 300", arg=img.element_handle(),
                                    timeout=30_000)
             assert "RL step 2" in dash.inner_text()  # the status line followed the session
+            assert "last RL step reward" in dash.inner_text()  # with the share of its rollouts that gave no answer
             assert dash.locator(".fst-table").first.is_visible()  # the population table
             dash.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "lab_quickstart.png"))
