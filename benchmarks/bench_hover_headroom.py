@@ -12,8 +12,8 @@ statistics every evaluation records (``fst_lab.evaluation.answer_stats``), accur
 the first transcripts.
 
 A third row samples the seed harness at the grid's RL temperature (1.0, top-p 1, no top-k), as the slow loop
-does, and splits the claims with no parsable answer into those cut off at the 48-token cap and those that
-finished without one: what the RL reward reads, next to what the greedy evaluation reads.
+does, and a fourth at 0.7; each splits the claims with no parsable answer into those cut off at the 48-token
+cap and those that finished without one: what the RL reward reads, next to what the greedy evaluation reads.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def compare_harness(seed: dict) -> dict:
     return h
 
 
-RL_TEMPERATURE = 1.0  # the powered grid's slow.temperature
+RL_TEMPERATURE = 1.0  # the powered grid's slow.temperature (and SlowConfig's default, the paper's)
+LOWER_TEMPERATURE = 0.7  # a cooler sampler: how much of the no-answer share is the temperature's
 
 
 def probe(policy, task, examples, harness, *, max_new_tokens: int, temperature: float = 0.0) -> dict:
@@ -88,7 +89,8 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
         return f"{r['answer_unparsed']:.0%} ({r['unparsed_cut_off']:.0%} cut off, {r['unparsed_finished']:.0%} finished)"
 
     rows = [{"harness": r["harness"],
-             "sampling": "greedy" if not r.get("temperature") else f"T={r['temperature']:g} (as RL)",
+             "sampling": ("greedy" if not r.get("temperature") else f"T={r['temperature']:g}"
+                          + (" (as RL)" if r.get("temperature") == RL_TEMPERATURE else "")),
              "reward": f"{r['reward']:.3f}",
              "most common answer": f"{r['answer_top']} ({r['answer_top_share']:.0%})",
              **{f"right when {g}": f"{v:.2f}" for g, v in r["accuracy_by_gold"].items()},
@@ -118,7 +120,8 @@ def main(argv=None) -> dict:
     seed_dict = yaml.safe_load((REPO / "harnesses" / "hover.yaml").read_text())
     mnt = 8 if args.smoke else 48
     res = new_result(NAME, MODULE, argv, smoke=args.smoke, n=n, level=level, seed=seed, max_new_tokens=mnt, rows=[])
-    for h, temp in ((seed_dict, 0.0), (compare_harness(seed_dict), 0.0), (seed_dict, RL_TEMPERATURE)):
+    for h, temp in ((seed_dict, 0.0), (compare_harness(seed_dict), 0.0), (seed_dict, RL_TEMPERATURE),
+                    (seed_dict, LOWER_TEMPERATURE)):
         row = probe(policy, task, examples, Harness.from_dict(h), max_new_tokens=mnt, temperature=temp)
         res["rows"].append(row)
         print(f"{row['harness']} (T={temp:g}): reward {row['reward']:.3f}, {row['answer_top']} "

@@ -513,8 +513,8 @@ RL-only seed 0 at step 6, 0.541 mean for GEPA-only) are the best of 6 evaluation
 example is 0.016; a 64-example mean at 0.5 has a standard error of 0.0625). The 135M policy copies the searched
 fact back ("Mothholm is a town in Valdria.") but does not compare it with the claim, and a hand-written harness
 that spells the comparison out does no better (0.469, NOT_SUPPORTED to 94%: section "HoVer headroom"). Sampled at
-the RL temperature (1), the base weights give no parsable answer to 80% of the claims (0.078; greedy: 9%, 0.562,
-same section), so RL's HoVer reward is mostly the answer format. The remaining HoVer runs can
+the RL temperature (1), the base weights give no parsable answer to 80% of the claims (0.078; at 0.7: 33%, 0.391;
+greedy: 9%, 0.562; same section), so RL's HoVer reward is mostly the answer format. The remaining HoVer runs can
 add seeds to this picture; they cannot turn it into a comparison of the methods. `fst-lab compare` and the run
 summary in the app now say "⚠ last evaluation gave one answer: 100% 'SUPPORTED' (a constant answer scores
 0.500)" for such a run.
@@ -601,10 +601,12 @@ top-p 1, no top-k, the 48-token cap): the same base weights then give **no parsa
 over the RL-only and 0.25 over the FST steps so far, range 0.03–0.69) sit far below its greedy evaluations
 (0.41–0.64): most of what the RL reward measures early on is whether
 a sampled rollout answers at all, and the cheapest way to answer is the label the policy already prefers — the
-collapse to SUPPORTED that RL-only shows in both finished seeds. RL steps now record this share
-(`fst/answer_unparsed`), and the dashboard, the app's run summary and `fst-lab compare` show it. The grid keeps
-temperature 1 (changing it mid-grid would break the comparison); a HoVer run at this scale would want a lower
-sampling temperature or a longer cap.
+collapse to SUPPORTED that RL-only shows in both finished seeds. At temperature 0.7 (fourth row) the share
+without an answer falls to 33% (8% cut off) and the sampled reward rises to 0.391, so most of the gap is the
+temperature, not the cap. RL steps now record both shares (`fst/answer_unparsed`, `fst/truncated`), and the
+dashboard, the app's run summary and `fst-lab compare` show them. The grid keeps temperature 1 (the paper's, and
+changing it mid-grid would break the comparison); a HoVer run with a policy this small would want a cooler
+sampler (`slow.temperature`).
 """,
     "reflection": """
 **Reading (session 11).** The powered grid's reflective proposals all failed at this scale (table "What became of

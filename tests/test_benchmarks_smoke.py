@@ -502,7 +502,7 @@ def test_hover_headroom_smoke_scores_both_harnesses_per_gold_label(tmp_path):
 
     res = _smoke("hover_headroom", tmp_path)
     assert [(r["harness"], r["temperature"]) for r in res["rows"]] == [
-        ("hover", 0.0), ("hover-compare", 0.0), ("hover", bh.RL_TEMPERATURE)]  # the last one samples as RL does
+        ("hover", 0.0), ("hover-compare", 0.0), ("hover", bh.RL_TEMPERATURE), ("hover", bh.LOWER_TEMPERATURE)]
     for r in res["rows"]:
         assert set(r["accuracy_by_gold"]) == {"SUPPORTED", "NOT_SUPPORTED"} and r["constant_floor"] == 0.5
         assert r["reward"] == pytest.approx(sum(r["accuracy_by_gold"].values()) / 2)  # 2 + 2 claims
