@@ -429,7 +429,7 @@ class SlowLearner:
         rec.update(logs)
         if "kl" in rec:
             rec["kl_train"] = rec.pop("kl")
-        rec.update(rollout_values(stats, setdefault=rec))
+        rec.update(rollout_values(stats, logged=rec))
         rec["rollouts"] = cfg.prompts_per_step * cfg.num_generations
         values = self.trainer.extra_loss_values
         if values:
@@ -607,13 +607,13 @@ def _task_reward(prompts, completions, fst_reward, **_):
 ROLLOUT_MEANS = ("model_tokens", "observation_tokens", "tool_calls", "turns", "answer_unparsed", "truncated")
 
 
-def rollout_values(stats: dict[str, list], setdefault: dict | None = None) -> dict[str, Any]:
+def rollout_values(stats: dict[str, list], logged: dict | None = None) -> dict[str, Any]:
     """A step's record values from its rollouts' own numbers (``stats``: one list entry per rollout, keys
     ``population``/``slot``/``reward``/``dropped`` and :data:`ROLLOUT_MEANS`): ``reward/h{i}`` and
     ``reward_std/h{i}`` per population slot, ``reward_by_harness``, ``fst/<key>`` means (``fst/answer_unparsed``:
     the share of rollouts with no parsable answer; ``fst/truncated``: the share whose last turn hit the token
     cap; ``fst/dropped_groups``), ``completion_length``, ``tokens``,
-    and ``reward``/``reward_std`` unless ``setdefault`` (TRL's logged values) already has them."""
+    and ``reward``/``reward_std`` unless ``logged`` (the values TRL logged for the step) has them."""
     out: dict[str, Any] = {}
     slots: dict[int, list[float]] = {}
     for k, r in zip(stats["slot"], stats["reward"]):
@@ -624,7 +624,7 @@ def rollout_values(stats: dict[str, list], setdefault: dict | None = None) -> di
         by_id.setdefault(stats["population"][stats["slot"].index(k)], []).extend(slots[k])
     out["reward_by_harness"] = {hid: _mean_std(v)[0] for hid, v in by_id.items()}
     mean, std = _mean_std(stats["reward"])
-    have = setdefault or {}
+    have = logged or {}
     out["reward"], out["reward_std"] = have.get("reward", mean), have.get("reward_std", std)
     for key in ROLLOUT_MEANS:
         out[f"fst/{key}"] = _mean_std(stats[key])[0]
