@@ -519,19 +519,20 @@ add seeds to this picture; they cannot turn it into a comparison of the methods.
 summary in the app now say "⚠ last evaluation gave one answer: 100% 'SUPPORTED' (a constant answer scores
 0.500)" for such a run.
 
-**Status (session 13): 34 of 40 planned runs** — math complete (15 of 15), the Gemma variant complete (GEPA-only
+**Status (session 14): 35 of 40 planned runs** — math complete (15 of 15), the Gemma variant complete (GEPA-only
 5 of 5; FST 5 of 5: Gemma − policy = −0.016 [−0.047, 0.000], seeds 0, 1, 3 and 4 end at the same running max,
-seed 2 −0.078), HoVer GEPA-only 5 of 5 (0.541 [0.503, 0.569]), **HoVer RL-only 2 of 5 and FST 2 of 5** (running
-max RL-only 0.578 [0.516, 0.641], FST 0.633 [0.625, 0.641]; paired FST − RL-only +0.055 [0.000, +0.109] over
-2 seeds — two seeds bound nothing). Seed 1 finished this session: RL-only 0.469 → 0.469 → 0.500 → 0.500 → 0.500 →
-0.516 (11,255 s over two sessions), answering SUPPORTED to 56% → 94% → 100% → 100% → 100% → 98% of the claims;
-FST 0.469 → 0.469 → 0.500 → 0.500 → 0.500 → **0.625** (12,912 s), SUPPORTED 56% → 94% → 98% → 100% → 100% → 81%,
-2×2 ablation base+seed 0.469 / base+evolved 0.500 / trained+seed 0.562 / trained+evolved 0.625. That last FST
-evaluation is the first HoVer evaluation in the grid outside 2 standard errors of the 0.5 floor (±0.121 at 0.625
-on 64 claims), by 0.004, and it is the last of six (the running max picks it): it gets 30 of 32 SUPPORTED claims
-and 10 of 32 NOT_SUPPORTED ones right. Seed 0's FST ended at 0.469. Read it as one seed leaving the floor, not as
-a method difference. Missing, and why: HoVer RL-only seeds 2–4 (seed 2 at RL step 10 of 30, resumes) and FST
-seeds 2–4 (seed 2 at RL step 3, resumes) — each is ~3 CPU-hours and two processes fit the machine (two lanes ran 03:49–06:10 and 06:12–06:32 UTC this session).
+seed 2 −0.078), HoVer GEPA-only 5 of 5 (0.541 [0.503, 0.569]), **HoVer RL-only 3 of 5 and FST 2 of 5** (running
+max RL-only 0.562 [0.516, 0.641] over 3 seeds, FST 0.633 [0.625, 0.641] over 2; paired FST − RL-only +0.055
+[0.000, +0.109] over 2 seeds — two seeds bound nothing). Seed 2 of RL-only finished this session (resumed at RL
+step 10; 9,972 s over two sessions): 0.500 → 0.531 → 0.500 → 0.500 → 0.484 → 0.500, answering SUPPORTED to 61% →
+70% → 84% → 97% → 98% → **100%** of the claims — the third RL-only seed of three to end on one answer. Seed 1 (session
+13): RL-only 0.469 → … → 0.516 (SUPPORTED 98% at the end); FST 0.469 → … → **0.625** (SUPPORTED 81%, ablation
+base+seed 0.469 / base+evolved 0.500 / trained+seed 0.562 / trained+evolved 0.625), the first HoVer evaluation in
+the grid outside 2 standard errors of the 0.5 floor (±0.121), by 0.004 — one seed leaving the floor, not a method
+difference. FST seed 2 is at RL step 24 of 30 (0.500 → 0.609 → 0.547 → 0.500 → 0.562, SUPPORTED 61% → 69% → 67% →
+100% → 62%): unlike RL-only it has not stayed on one answer. Missing, and why: FST seed 2 (80% done, resumes), RL-only
+seed 3 (at RL step 5, resumes) and seed 4, FST seeds 3 and 4 — each HoVer run is ~3 CPU-hours and two processes fit
+the machine (two lanes ran 07:07–09:28 UTC this session); about 12 CPU-hours are left.
 From seed 1 on, HoVer runs use `slow.micro_batch_size` 4 (seeds 0: 8): TRL's CISPO loss divides by the
 generation batch's token count, so the update is the same; a HoVer forward+backward of 8 × 550 tokens peaks at
 7.2 GB resident in bf16 against 4.2 GB for 4, at no loss of tokens per second (section "Memory" below), and the
@@ -601,7 +602,7 @@ top-p 1, no top-k, the 48-token cap): the same base weights then give **no parsa
 over the RL-only and 0.25 over the FST steps so far, range 0.03–0.69) sit far below its greedy evaluations
 (0.41–0.64): most of what the RL reward measures early on is whether
 a sampled rollout answers at all, and the cheapest way to answer is the label the policy already prefers — the
-collapse to SUPPORTED that RL-only shows in both finished seeds. At temperature 0.7 (fourth row) the share
+collapse to SUPPORTED that RL-only shows in all three finished seeds. At temperature 0.7 (fourth row) the share
 without an answer falls to 33% (8% cut off) and the sampled reward rises to 0.391, so most of the gap is the
 temperature, not the cap. RL steps now record both shares (`fst/answer_unparsed`, `fst/truncated`), and the
 dashboard, the app's run summary and `fst-lab compare` show them. The grid keeps temperature 1 (the paper's, and
