@@ -77,7 +77,6 @@ def probe(policy, task, examples, harness, *, max_new_tokens: int, temperature: 
             **{k: res.get(k) for k in ANSWER_KEYS},
             "unparsed_cut_off": sum(bool(t.truncated) for t in unparsed) / len(trajs),
             "unparsed_finished": sum(not t.truncated for t in unparsed) / len(trajs),
-            "tool_calls": sum(len(t.tool_calls) for t in trajs) / len(trajs),
             "accuracy_by_gold": {g: sum(v) / len(v) for g, v in sorted(by_gold.items())},
             "seconds": round(time.time() - t0, 1), "transcripts": [t.transcript(600) for t in trajs[:3]]}
 

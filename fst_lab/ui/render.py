@@ -172,8 +172,9 @@ def result_summary(metrics: Sequence[Mapping[str, Any]]) -> str:
             parts.append("ablation " + " / ".join(cells))
     rl = R.latest(recs, R.SLOW, "reward")
     if rl:
+        unparsed = train_unparsed_text(rl)
         parts.append(f"last train reward {rl['reward']:.3f} (RL step {rl.get('rl_step', '?')}"
-                     + (f"; {train_unparsed_text(rl)}" if train_unparsed_text(rl) else "") + ")")
+                     + (f"; {unparsed}" if unparsed else "") + ")")
     return " · ".join(parts)
 
 
