@@ -232,7 +232,8 @@ def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: 
     # This process's segment, written at every RL step and GEPA round (so a kill loses at most one step's time) and
     # closed at the end; the commit is the code this process runs (HEAD may move while it does).
     seg = {"seconds": 0.0, "loadavg_start": load0, "git_commit": m0.get("git_commit"),
-           "git_dirty": m0.get("git_dirty"), "ended": None}
+           "git_dirty": m0.get("git_dirty"), "ended": None,  # the machine: sessions may land on different CPUs
+           **{k: m0.get(k) for k in ("cpu", "cpu_flags", "torch_threads")}}
     segments.append(seg)
 
     def save_segment(closed: bool) -> None:
@@ -293,7 +294,7 @@ def run_one(spec: dict, cfg_dict: dict, root: Path, *, smoke: bool, stop_after: 
                       "val_reward_max": max((e["reward"] for e in evals), default=None),
                       "kl": (records.latest(metrics, "eval", "kl") or {}).get("kl"),
                       "train_reward": (last_slow or {}).get("reward")},
-            "evals": evals, "ablation": ablation}
+            "evals": evals, "ablation": ablation, "train_answers": train_answers(metrics)}
 
 
 def answers(rec: dict, which: str = "final") -> dict | None:
@@ -663,10 +664,10 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
                if progress else "")
             + (f" Missing (not started): {', '.join(missing)}." if missing else ""), ""]
     if progress or missing:
-        out += ["To work through the rest, start two of these lanes at a time (two cores; repeat in every "
-                "session: finished runs are skipped, a run in progress resumes from its run directory; lanes "
-                "share the results file; two hover RL runs fit in 24 GB at micro-batch 4; `--deadline` minutes "
-                "stop a run at its next RL step or GEPA round):", "",
+        out += ["To work through the rest, run these one after another in every session (each on both cores: a "
+                "session may land on a fresh machine, which loses any run still in progress, so one run at full "
+                "speed beats two sharing the cores; finished runs are skipped, a run whose directory survived "
+                "resumes from it; `--deadline` minutes stop a run at its next RL step or GEPA round):", "",
                 *(f"    {c}" for c in continue_commands(progress + missing)), ""]
     for key in ("estimate", "measured"):
         if res.get(key):
@@ -754,8 +755,15 @@ def markdown(res: dict, plots_rel: str = "plots") -> str:
     runs = res.get("runs", [])
     if runs:
         out += ["Per run (wall time summed over the sessions that ran it; load = load average at the end of each "
-                "session):", ""]
+                "session; `RL sampled`: the RL rollouts of the first → the last 6 RL steps, mean training reward and "
+                "share with no parsable answer (recorded since session 14)):", ""]
+
+        def sampled(r):
+            a = r.get("train_answers")
+            return (f"reward {a['reward_first']:.2f} → {a['reward_last']:.2f}, no answer {a['unparsed_first']:.0%} → "
+                    f"{a['unparsed_last']:.0%}") if a else "–"
         out.append(table([{"run": r["name"], "val rewards": " ".join(f"{e['reward']:.2f}" for e in r["evals"]),
+                           "RL sampled": sampled(r),
                            "RL steps": r["counters"].get("rl_step"), "fast rounds": r["counters"].get("fast_round"),
                            "samples": r["counters"].get("samples"), "final KL": r["final"].get("kl"),
                            "wall s": r["seconds"], "sessions": len(r.get("segments", [])),
@@ -821,33 +829,53 @@ def grid_estimate(n_seeds: int = len(SEEDS)) -> str | None:
     return estimate_text(base_config("math", 0, False), base_config("hover", 0, False), n_seeds, rate, source)
 
 
-def measured_costs(root: Path) -> dict:
-    """Per task, from the grid's own full-size run directories: seconds per RL step, per GEPA round and per
-    evaluation rollout (an eval record's time minus the record before it, when both come from one process:
-    their ``time`` and ``ts`` differences agree), each as (median, count), and the session loads."""
+COST_KEYS = ("step", "round", "eval")
+
+
+def run_costs(root: Path, name: str) -> dict | None:
+    """One run directory's timings: seconds per RL step, per GEPA round and per evaluation rollout (an eval
+    record's time minus the record before it, when both come from one process: their ``time`` and ``ts``
+    differences agree), and each session's load, CPU and torch threads (``None`` without a run directory).
+    Kept in the results file, so the grid's cost survives run directories lost with a machine."""
     from datetime import datetime
 
     from fst_lab import records
     from fst_lab.runs import is_run_dir, load_run
 
-    raw: dict = {}
-    for d in sorted(Path(root).glob("*")) if Path(root).exists() else []:
-        if not (d.is_dir() and is_run_dir(d)):
+    d = Path(root) / name
+    if not (d.is_dir() and is_run_dir(d)):
+        return None
+    recs = load_run(d).metrics
+    evals = []
+    for prev, r in zip(recs, recs[1:]):
+        if r.get("kind") != "eval" or not r.get("n") or None in (r.get("time"), prev.get("time")):
             continue
-        c = raw.setdefault(d.name.split("-")[0], {"step": [], "round": [], "eval": [], "loads": []})
-        recs = load_run(d).metrics
-        c["step"] += [r["step_seconds"] for r in records.of_kind(recs, "slow") if r.get("step_seconds")]
-        c["round"] += [r["seconds"] for r in records.of_kind(recs, "fast") if r.get("seconds") and r.get("rollouts")]
-        for prev, r in zip(recs, recs[1:]):
-            if r.get("kind") != "eval" or not r.get("n") or None in (r.get("time"), prev.get("time")):
-                continue
-            dt = r["time"] - prev["time"]
-            dts = (datetime.fromisoformat(r["ts"]) - datetime.fromisoformat(prev["ts"])).total_seconds()
-            if dt > 0 and abs(dt - dts) < 5:
-                c["eval"].append(dt / (r["n"] * r.get("k", 1)))
-        c["loads"] += [x["loadavg_end"][0] for x in _read_segments(root, d.name) if x.get("loadavg_end")]
-    return {t: {k: ((statistics.median(v), len(v)) if v else None) for k, v in c.items() if k != "loads"}
-            | {"loads": c["loads"]} for t, c in raw.items()}
+        dt = r["time"] - prev["time"]
+        dts = (datetime.fromisoformat(r["ts"]) - datetime.fromisoformat(prev["ts"])).total_seconds()
+        if dt > 0 and abs(dt - dts) < 5:
+            evals.append(dt / (r["n"] * r.get("k", 1)))
+    segs = _read_segments(root, name)
+    return {"step": [r["step_seconds"] for r in records.of_kind(recs, "slow") if r.get("step_seconds")],
+            "round": [r["seconds"] for r in records.of_kind(recs, "fast") if r.get("seconds") and r.get("rollouts")],
+            "eval": evals, "loads": [x["loadavg_end"][0] for x in segs if x.get("loadavg_end")],
+            "machines": sorted({f"{x['cpu']}, {x['torch_threads']} thread(s)" for x in segs if x.get("cpu")})}
+
+
+def measured_costs(root: Path, stored: dict | None = None) -> dict:
+    """Per task, from the grid's own full-size runs: seconds per RL step, per GEPA round and per evaluation
+    rollout, each as (median, count), the session loads and the machines. ``stored`` holds
+    :func:`run_costs` by run name (the results file's ``costs``); a run directory under ``root`` overrides it."""
+    per_run = dict(stored or {})
+    for d in sorted(Path(root).glob("*")) if Path(root).exists() else []:
+        per_run[d.name] = run_costs(root, d.name) or per_run.get(d.name)
+    raw: dict = {}
+    for name, rc in sorted(per_run.items()):
+        if rc:
+            c = raw.setdefault(name.split("-")[0], {k: [] for k in (*COST_KEYS, "loads", "machines")})
+            for k in c:
+                c[k] += rc.get(k, [])
+    return {t: {k: ((statistics.median(c[k]), len(c[k])) if c[k] else None) for k in COST_KEYS}
+            | {"loads": c["loads"], "machines": sorted(set(c["machines"]))} for t, c in raw.items()}
 
 
 def run_hours(costs: dict, task: str) -> tuple[dict, list[str]]:
@@ -891,9 +919,10 @@ def run_progress(root: Path, name: str) -> float:
 
 def measured_estimate(root: Path, res: dict | None = None) -> str | None:
     """The grid's cost from its own full-size steps so far: per task, what a step, a GEPA round and an
-    evaluation rollout take, hours per run, and the CPU-hours the unfinished runs of ``res``'s grid still need."""
-    costs = measured_costs(root)
-    if not costs.get("math", {}).get("step"):
+    evaluation rollout take, hours per run, and the hours the unfinished runs of ``res``'s grid still need (one
+    process after another, at the speeds measured)."""
+    costs = measured_costs(root, (res or {}).get("costs"))
+    if not any(c.get("step") for c in costs.values()):
         return None
     parts, hours = [], {}
     for task in TASKS:
@@ -908,29 +937,33 @@ def measured_estimate(root: Path, res: dict | None = None) -> str | None:
         parts.append(f"{task}: {seen or 'nothing yet'}{' (' + '; '.join(notes) + ')' if notes else ''} → rl "
                      f"{h['rl']:.1f} h, fst {h['fst']:.1f} h, gepa {h['gepa']:.1f} h per run")
     loads = [x for c in costs.values() for x in c["loads"]]
-    text = (f"**Measured at full size** (single thread, load average at the end of each session "
-            f"{min(loads or [0]):.1f}–{max(loads or [0]):.1f}): " + "; ".join(parts) + ".")
+    machines = sorted({m for c in costs.values() for m in c["machines"]})
+    text = (f"**Measured at full size** (load average at the end of each session "
+            f"{min(loads or [0]):.1f}–{max(loads or [0]):.1f}"
+            + (f"; sessions ran on {'; '.join(machines)}" if machines else "") + "): " + "; ".join(parts) + ".")
     if res:
         _, progress, missing = grid_status(res)
         left = [(n, 1 - run_progress(root, n)) for n in progress + missing]
         cpu = sum(hours.get(n.split("-")[0], {}).get(n.split("-")[1], 0) * f for n, f in left)
         if left:
-            text += (f" **Left: {len(left)} runs ≈ {cpu:.0f} CPU-hours** (≈ {cpu / 2:.0f} h wall with two "
-                     f"single-thread processes)" + (": in progress " + ", ".join(
+            text += (f" **Left: {len(left)} runs ≈ {cpu:.0f} h** at these speeds" + (": in progress " + ", ".join(
                          f"{n} {1 - f:.0%} done" for n, f in left if f < 1) if any(f < 1 for _, f in left) else "")
                      + ".")
     return text
 
 
 def continue_commands(names: list[str]) -> list[str]:
-    """One ``nohup`` lane per (task, variant, mode) that still has runs to do: what a later session starts,
-    two at a time on two cores (each lane runs its seeds in order, single-threaded)."""
-    lanes = dict.fromkeys((task, mode, variant[0] if variant else "")
-                          for task, mode, _seed, *variant in (n.split("-") for n in names))
-    return [f"nohup .venv/bin/python -m {MODULE} --threads 1 --tasks {task} --modes {mode}"
-            + (f" --variant {variant}" if variant else "")
-            + f" --deadline 150 > runs/powered-{'-'.join(x for x in (task, variant, mode) if x)}.log 2>&1 &"
-            for task, mode, variant in sorted(lanes, key=lambda lane: (lane[0], lane[2], MODES.index(lane[1])))]
+    """One ``nohup`` command per (task, variant) that still has runs to do, with the modes it lacks: what a later
+    session runs, one at a time on both cores (each runs seed by seed, its modes in turn, so pairs finish together).
+    One process at full speed rather than two sharing the cores: a run unfinished at a session's end is lost
+    when the next session lands on a fresh machine (session 15's did)."""
+    lanes: dict = {}
+    for task, mode, _seed, *variant in (n.split("-") for n in names):
+        lanes.setdefault((task, variant[0] if variant else ""), set()).add(mode)
+    return [f"nohup .venv/bin/python -m {MODULE} --threads 2 --tasks {task} --modes "
+            + ",".join(m for m in MODES if m in modes) + (f" --variant {variant}" if variant else "")
+            + f" --deadline 150 > runs/powered-{'-'.join(x for x in (task, variant) if x)}.log 2>&1"
+            for (task, variant), modes in sorted(lanes.items())]
 
 
 # ---------------------------------------------------------------------------- main
@@ -1002,6 +1035,23 @@ def _view(rd):
     from fst_lab.runs import RunView, load_run
 
     return rd if isinstance(rd, RunView) else load_run(rd)
+
+
+def train_answers(metrics: list[dict], window: int = 6) -> dict | None:
+    """What RL sampled in the first and the last ``window`` RL steps: mean training reward, share of rollouts
+    with no parsable answer and share cut off at the token cap (``None`` for runs from before the RL steps
+    recorded ``fst/answer_unparsed``)."""
+    from fst_lab import records
+
+    slow = [r for r in records.of_kind(metrics, "slow") if r.get("fst/answer_unparsed") is not None]
+    if not slow:
+        return None
+
+    def mean(rs, k):
+        xs = [r[k] for r in rs if r.get(k) is not None]
+        return round(statistics.fmean(xs), 4) if xs else None
+    return {f"{k}_{end}": mean(rs, key) for end, rs in (("first", slow[:window]), ("last", slow[-window:]))
+            for k, key in (("reward", "reward"), ("unparsed", "fst/answer_unparsed"), ("truncated", "fst/truncated"))}
 
 
 def harness_origins(rd) -> dict[str, int]:
@@ -1097,7 +1147,7 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
         fcntl.flock(lock, fcntl.LOCK_EX)
         cur = load_result(out, NAME) or {}
         merged = {**cur, **{k: v for k, v in res.items() if k not in ("runs", "grid", "commands", "configs",
-                                                                        "in_progress")}}
+                                                                        "in_progress", "costs")}}
         # The file's records win over this process's copies (read when it started; another process may have
         # re-recorded one since); only what this process just finished replaces a record.
         runs = {r["name"]: r for r in res.get("runs", []) + cur.get("runs", [])}
@@ -1108,13 +1158,19 @@ def commit(out: Path, res: dict, *, finished: dict | None = None, started: str |
             if rd is not None and rd.is_dir():  # re-read every time: cheap, and the classification may improve
                 view = _view(rd)
                 r["harness_origins"], r["reflection_outcomes"] = harness_origins(view), reflection_outcomes(view)
+                r["train_answers"] = train_answers(view.metrics) or r.get("train_answers")
         merged["runs"] = list(runs.values())
         merged["grid"] = list(dict.fromkeys(cur.get("grid", []) + res.get("grid", [])))
         merged["commands"] = list(dict.fromkeys(cur.get("commands", []) + res.get("commands", [])))
         merged["configs"] = {**cur.get("configs", {}), **res.get("configs", {})}
-        prog = set(cur.get("in_progress", [])) | set(res.get("in_progress", [])) | ({started} if started else set())
-        if root is not None:  # a planned run with a run directory has started, even if its process never committed
+        merged["costs"] = {**cur.get("costs", {}), **res.get("costs", {})}
+        prog = {started} if started else set()
+        if root is None:
+            prog |= set(cur.get("in_progress", [])) | set(res.get("in_progress", []))
+        else:  # a planned run with a run directory has started, even if its process never committed; one whose
+            # directory is gone (a fresh machine) starts afresh: it is missing again
             prog |= {n for n in merged["grid"] if (Path(root) / n).is_dir()}
+            merged["costs"] |= {n: c for n in merged["grid"] if (c := run_costs(root, n))}
         merged["in_progress"] = sorted(prog - set(runs))
         merged["analysis"] = analyse(merged)
         save_result(out, NAME, merged)

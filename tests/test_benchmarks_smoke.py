@@ -102,6 +102,7 @@ def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
     from benchmarks import bench_powered as bp
     from benchmarks.common import load_result
     from fst_lab.rundir import RunDir
+    from fst_lab.runs import load_run
 
     a, b = tmp_path / "a", tmp_path / "b"
     bp.main(["--smoke", "--out", str(a), "--only", "math-fst-s0", "--stop-after-steps", "1"])
@@ -117,6 +118,11 @@ def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
     assert len(resumed["segments"]) == 2 and resumed["seconds"] == pytest.approx(
         sum(x["seconds"] for x in resumed["segments"]), abs=0.2)
     assert [e["rl_step"] for e in resumed["evals"]] == [0, 1, 2]  # the start evaluation is not repeated
+    import torch
+
+    # each session's segment names the machine it ran on (sessions may land on different CPUs)
+    assert all(x["cpu"] and x["torch_threads"] == torch.get_num_threads() and isinstance(x["cpu_flags"], list)
+               for x in resumed["segments"])
     for r in res["runs"]:
         assert r["git_commit"] and r["loadavg"] and r["config"]["seed"] == r["seed"]
         assert r["config"]["mode"] == r["mode"]
@@ -125,6 +131,15 @@ def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
         assert r["mode"] != "rl" or r["harness_origins"] == {"seed": 1}
         assert r["reflection_outcomes"] == bp.reflection_outcomes(a / "runs" / r["name"])
         assert r["mode"] != "rl" or r["reflection_outcomes"] == {}
+        # what RL sampled, from the run's RL step records (both smoke RL steps fall in the first and last window)
+        slow = [m for m in load_run(a / "runs" / r["name"]).metrics if m.get("kind") == "slow"]
+        if r["mode"] == "gepa":
+            assert r["train_answers"] is None and not slow
+        else:
+            shares = [m["fst/answer_unparsed"] for m in slow]
+            assert len(shares) == 2 and all(0 <= x <= 1 for x in shares)
+            assert r["train_answers"]["unparsed_first"] == r["train_answers"]["unparsed_last"] == pytest.approx(
+                sum(shares) / 2, abs=1e-4)
     cfgs = [{k: v for k, v in r["config"].items() if k not in ("mode", "seed", "run_name")}
             for r in res["runs"]]
     assert all(c == cfgs[0] for c in cfgs), "the modes must differ only in mode (and seed)"
@@ -156,6 +171,9 @@ def test_powered_grid_smoke_resumes_and_skips(tmp_path, capsys):
     assert "6 of 6 runs finished" in text
     more = bp.markdown({**again, "grid": again["grid"] + ["hover-rl-s0"]})
     assert "Missing (not started): hover-rl-s0" in more
+    assert "--threads 2 --tasks hover --modes rl --deadline 150" in more
+    fst0 = next(r for r in again["runs"] if r["name"] == "math-fst-s0")["train_answers"]
+    assert f"no answer {fst0['unparsed_first']:.0%} → {fst0['unparsed_last']:.0%}" in text
 
     # Each run's final answers (a collapse to one label reads as a reward): kept with its last evaluation;
     # a record from before that is re-evaluated by --answers to the same reward and the same statistics.
@@ -454,13 +472,26 @@ def test_powered_cost_is_measured_per_task_and_left_runs_are_priced(tmp_path):
         {"name": "math-rl-s0"}]}
     text = bp.measured_estimate(tmp_path, res)
     left = hours["rl"] * 0.9 + hours["fst"] + bp.run_hours(c, "math")[0]["fst"]
-    assert f"Left: 3 runs ≈ {left:.0f} CPU-hours" in text and "hover-rl-s0 10% done" in text
-    cmds = bp.continue_commands(["hover-rl-s0", "hover-fst-s0", "math-fst-s0-gemma_reflector",
-                                 "math-gepa-s1-gemma_reflector"])
-    assert len(cmds) == 4  # one lane per (task, variant, mode), started two at a time
-    assert "--tasks hover --modes rl --deadline" in cmds[0] and "--tasks hover --modes fst --deadline" in cmds[1]
-    assert "--tasks math --modes fst --variant gemma_reflector" in cmds[2]
-    assert "--modes gepa --variant gemma_reflector --deadline 150 > runs/powered-math-gemma_reflector-gepa.log" in cmds[3]
+    assert f"Left: 3 runs ≈ {left:.0f} h" in text and "hover-rl-s0 10% done" in text
+    cmds = bp.continue_commands(["hover-rl-s0", "hover-fst-s0", "math-gepa-s1-gemma_reflector",
+                                 "math-fst-s0-gemma_reflector"])
+    assert len(cmds) == 2  # one process per (task, variant) with the modes it lacks, run one after another
+    assert "--threads 2 --tasks hover --modes rl,fst --deadline 150 > runs/powered-hover.log" in cmds[0]
+    assert "--modes fst,gepa --variant gemma_reflector --deadline 150 > runs/powered-math-gemma_reflector.log" in cmds[1]
+
+    # The timings are kept in the results file: once the run directories are gone (a fresh machine), the cost
+    # still comes from them, and a run whose directory is gone is missing again, not in progress.
+    out = tmp_path / "results"
+    grid = res["grid"] + ["math-gepa-s0"]
+    committed = bp.commit(out, {"runs": [], "grid": grid}, root=tmp_path)
+    assert committed["in_progress"] == ["hover-rl-s0", "math-gepa-s0", "math-rl-s0"]
+    assert committed["costs"]["hover-rl-s0"]["step"] == [200.0, 220.0]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert bp.measured_costs(fresh, committed["costs"]) == c
+    again = bp.commit(out, {"runs": []}, root=fresh)
+    assert again["in_progress"] == [] and again["costs"] == committed["costs"]
+    assert bp.grid_status(again)[2] == grid
 
 @pytest.mark.slow
 def test_learning_smoke_records_each_variant_and_skips_finished(tmp_path):
