@@ -519,20 +519,31 @@ add seeds to this picture; they cannot turn it into a comparison of the methods.
 summary in the app now say "⚠ last evaluation gave one answer: 100% 'SUPPORTED' (a constant answer scores
 0.500)" for such a run.
 
-**Status (session 14): 35 of 40 planned runs** — math complete (15 of 15), the Gemma variant complete (GEPA-only
+**Status (session 15): 36 of 40 planned runs** — math complete (15 of 15), the Gemma variant complete (GEPA-only
 5 of 5; FST 5 of 5: Gemma − policy = −0.016 [−0.047, 0.000], seeds 0, 1, 3 and 4 end at the same running max,
-seed 2 −0.078), HoVer GEPA-only 5 of 5 (0.541 [0.503, 0.569]), **HoVer RL-only 3 of 5 and FST 2 of 5** (running
-max RL-only 0.562 [0.516, 0.641] over 3 seeds, FST 0.633 [0.625, 0.641] over 2; paired FST − RL-only +0.055
-[0.000, +0.109] over 2 seeds — two seeds bound nothing). Seed 2 of RL-only finished this session (resumed at RL
-step 10; 9,972 s over two sessions): 0.500 → 0.531 → 0.500 → 0.500 → 0.484 → 0.500, answering SUPPORTED to 61% →
-70% → 84% → 97% → 98% → **100%** of the claims — the third RL-only seed of three to end on one answer. Seed 1 (session
-13): RL-only 0.469 → … → 0.516 (SUPPORTED 98% at the end); FST 0.469 → … → **0.625** (SUPPORTED 81%, ablation
-base+seed 0.469 / base+evolved 0.500 / trained+seed 0.562 / trained+evolved 0.625), the first HoVer evaluation in
-the grid outside 2 standard errors of the 0.5 floor (±0.121), by 0.004 — one seed leaving the floor, not a method
-difference. FST seed 2 is at RL step 24 of 30 (0.500 → 0.609 → 0.547 → 0.500 → 0.562, SUPPORTED 61% → 69% → 67% →
-100% → 62%): unlike RL-only it has not stayed on one answer. Missing, and why: FST seed 2 (80% done, resumes), RL-only
-seed 3 (at RL step 5, resumes) and seed 4, FST seeds 3 and 4 — each HoVer run is ~3 CPU-hours and two processes fit
-the machine (two lanes ran 07:07–09:28 UTC this session); about 12 CPU-hours are left.
+seed 2 −0.078), HoVer GEPA-only 5 of 5 (0.541 [0.503, 0.569]), **HoVer RL-only 3 of 5 and FST 3 of 5** (running
+max RL-only 0.562 [0.516, 0.641], FST 0.620 [0.594, 0.641]; paired FST − RL-only +0.057 [0.000, +0.109] over 3
+seeds: 0.000, +0.109, +0.063). **Session 15 started on a fresh machine**: the run directories of FST seed 2 (at
+RL step 24) and RL-only seed 3 (at step 5) were gone, so both started again from scratch (the runner now lists a
+run whose directory is gone as missing, not in progress, and keeps every run's step timings in the results file
+so the cost estimate survives). FST seed 2 re-ran in 3,136 s as one process on both cores (2 torch threads,
+an Intel Xeon with AMX, alone but for the test suite for part of it): RL steps ~70 s against 271–311 s for the
+single-thread runs of sessions 10–14 (one per core, on another CPU model — the two changed together, so the
+factor is not the threads' alone). Its curve, 0.500 → 0.594 → 0.531 → 0.562 → 0.531 → 0.516, differs from the
+lost attempt's first 24 steps (0.500 → 0.609 → 0.547 → 0.500 → 0.562): the same seed draws the same problems
+and validation set, but sampling on another CPU and thread count is not bit-identical, so a seed is one
+realisation, not a replay. It ends answering SUPPORTED to 92% of the claims (61% at the start) and its ablation
+is flat: base+seed 0.500, base+evolved 0.500, trained+seed 0.516, trained+evolved 0.516. What its RL sampled
+(recorded per RL step since session 14; column `RL sampled` of the per-run table): mean training reward 0.10 in the
+first 6 RL steps → 0.35 in the last 6, while the share of rollouts with no parsable answer fell 74% → 32% — the
+training reward's rise is the answer format being learnt, as the headroom probe predicted. Seed 2 of RL-only
+(session 14): 0.500 → 0.531 → 0.500 → 0.500 → 0.484 → 0.500, answering SUPPORTED to 61% → 70% → 84% → 97% → 98%
+→ **100%** of the claims — the third RL-only seed of three to end on one answer. Seed 1 (session 13): RL-only
+0.469 → … → 0.516 (SUPPORTED 98% at the end); FST 0.469 → … → **0.625** (SUPPORTED 81%, ablation base+seed 0.469
+/ base+evolved 0.500 / trained+seed 0.562 / trained+evolved 0.625), the first HoVer evaluation in the grid outside
+2 standard errors of the 0.5 floor (±0.121), by 0.004 — one seed leaving the floor, not a method difference.
+Missing, and why: RL-only seeds 3 and 4, FST seeds 3 and 4 — compute only (each HoVer run is 40–55 minutes as
+one process on both cores of this session's machine, 2.5–3.6 hours single-threaded on the earlier ones).
 From seed 1 on, HoVer runs use `slow.micro_batch_size` 4 (seeds 0: 8): TRL's CISPO loss divides by the
 generation batch's token count, so the update is the same; a HoVer forward+backward of 8 × 550 tokens peaks at
 7.2 GB resident in bf16 against 4.2 GB for 4, at no loss of tokens per second (section "Memory" below), and the
@@ -548,8 +559,8 @@ GEPA round 111 s, an evaluation rollout 1.4 s.
   the paper config's 288 of 1824; `bench_efficiency` spent 53%. The price of the small GEPA sets: a round
   has room for at most 2 proposals (1 reflective, 1 bootstrap) and decides acceptance on 4 validation
   examples.
-- *Measured cost, sessions 8–9* (the "measured at full size" line above is recomputed from the run
-  directories): one thread per run, a second run (and at times the test suite) on the other core; RL-only
+- *Measured cost, sessions 8–9* (the "measured at full size" line above is recomputed from the step timings
+  every run directory seen since session 15 left in the results file; earlier runs' directories are gone): one thread per run, a second run (and at times the test suite) on the other core; RL-only
   1,647–2,209 s, FST 2,231–2,922 s, GEPA-only 400–541 s. In session 9 a grid process started on older code
   (without the run lock) re-opened math-fst-s4 after another process had finished it and repeated its
   ablation (88 s); the record kept the first result and that segment was removed. math-fst-s0 ran at 1 thread for 26 RL steps and 5 GEPA rounds, was killed (kill -9) and resumed from its last
