@@ -867,7 +867,8 @@ def measured_costs(root: Path, stored: dict | None = None) -> dict:
     :func:`run_costs` by run name (the results file's ``costs``); a run directory under ``root`` overrides it."""
     per_run = dict(stored or {})
     for d in sorted(Path(root).glob("*")) if Path(root).exists() else []:
-        per_run[d.name] = run_costs(root, d.name) or per_run.get(d.name)
+        if d.is_dir():  # not the segments and lock files beside the run directories
+            per_run[d.name] = run_costs(root, d.name) or per_run.get(d.name)
     raw: dict = {}
     for name, rc in sorted(per_run.items()):
         if rc:
