@@ -64,7 +64,8 @@ class RunDirError(FstLabError, ValueError):
 
 # ---------------------------------------------------------------------------- reads
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """All complete lines of a JSONL file; a torn last line (crash mid-append) is skipped."""
+    """All complete lines of a JSONL file. A torn line (a crash mid-append) is skipped: it is the last line,
+    or, once a resumed run has appended after it, a fragment in the middle (``rundir.append_jsonl``)."""
     p = Path(path)
     if not p.exists():
         return []
