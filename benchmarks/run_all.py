@@ -519,12 +519,16 @@ add seeds to this picture; they cannot turn it into a comparison of the methods.
 summary in the app now say "⚠ last evaluation gave one answer: 100% 'SUPPORTED' (a constant answer scores
 0.500)" for such a run.
 
-**Status (session 15): 38 of 40 planned runs** — math complete (15 of 15), the Gemma variant complete (GEPA-only
+**Status (session 16): 39 of 40 planned runs** — math complete (15 of 15), the Gemma variant complete (GEPA-only
 5 of 5; FST 5 of 5: Gemma − policy = −0.016 [−0.047, 0.000], seeds 0, 1, 3 and 4 end at the same running max,
-seed 2 −0.078), HoVer GEPA-only 5 of 5 (0.541 [0.503, 0.569]), **HoVer RL-only 4 of 5 and FST 4 of 5** (running
-max RL-only 0.562 [0.523, 0.613], FST 0.605 [0.578, 0.633]; paired FST − RL-only +0.043 [0.000, +0.086] over 4
-seeds: 0.000, +0.109, +0.063, 0.000). Three runs finished this session, one process at a time on both cores
-(FST seed 2, RL-only seed 3, FST seed 3: 3,136 s, 2,598 s and 2,778 s). **Session 15 started on a fresh machine**: the run directories of FST seed 2 (at
+seed 2 −0.078), HoVer GEPA-only 5 of 5 (0.541 [0.503, 0.569]), **HoVer RL-only 5 of 5 and FST 4 of 5** (running
+max RL-only 0.550 [0.513, 0.597], FST 0.605 [0.578, 0.633]; paired FST − RL-only +0.043 [0.000, +0.086] over the 4
+seeds both modes have: 0.000, +0.109, +0.063, 0.000). **RL-only seed 4** (session 16, 4,786 s as one process on
+both cores of a 2-core AMD EPYC, RL steps 115–191 s, part of it beside the test suite): 0.469 → 0.484 → 0.500 →
+0.484 → 0.500 → 0.500, answering SUPPORTED to 66% → 66% → 72% → 98% → **100%** → **100%** of the claims — all five
+RL-only HoVer seeds end on one answer (top-answer share 99.7% [99.1, 100]) at the 0.5 floor; its RL rollouts:
+training reward 0.19 → 0.40, no parsable answer 69% → 19%. Session 15's three runs (one process at a time on both
+cores: FST seed 2, RL-only seed 3, FST seed 3: 3,136 s, 2,598 s and 2,778 s). **Session 15 started on a fresh machine**: the run directories of FST seed 2 (at
 RL step 24) and RL-only seed 3 (at step 5) were gone, so both started again from scratch (the runner now lists a
 run whose directory is gone as missing, not in progress, and keeps every run's step timings in the results file
 so the cost estimate survives). FST seed 2 re-ran in 3,136 s as one process on both cores (2 torch threads,
@@ -548,9 +552,9 @@ reward 0.13 → 0.51, no answer 74% → 26%. **FST seed 3** (2,778 s): 0.562 →
 0.469 → … → 0.516 (SUPPORTED 98% at the end); FST 0.469 → … → **0.625** (SUPPORTED 81%, ablation base+seed 0.469
 / base+evolved 0.500 / trained+seed 0.562 / trained+evolved 0.625), the first HoVer evaluation in the grid outside
 2 standard errors of the 0.5 floor (±0.121), by 0.004 — one seed leaving the floor, not a method difference.
-Missing, and why: RL-only seed 4 and FST seed 4 — compute only (each HoVer run is 43–52 minutes as one process
-on both cores of this session's machine, 2.5–3.6 hours single-threaded on the earlier ones; the two fit one
-session).
+Missing, and why: FST seed 4 — compute only. It is one HoVer FST run: 46 minutes as one process on both cores
+of session 15's Intel Xeon (AMX), ~80 minutes on session 16's AMD EPYC, which could run RL-only seed 4 and only
+start FST seed 4 within one session; a run directory does not survive the move to a fresh machine.
 From seed 1 on, HoVer runs use `slow.micro_batch_size` 4 (seeds 0: 8): TRL's CISPO loss divides by the
 generation batch's token count, so the update is the same; a HoVer forward+backward of 8 × 550 tokens peaks at
 7.2 GB resident in bf16 against 4.2 GB for 4, at no loss of tokens per second (section "Memory" below), and the

@@ -473,6 +473,8 @@ def test_powered_cost_is_measured_per_task_and_left_runs_are_priced(tmp_path):
     text = bp.measured_estimate(tmp_path, res)
     left = hours["rl"] * 0.9 + hours["fst"] + bp.run_hours(c, "math")[0]["fst"]
     assert f"Left: 3 runs ≈ {left:.0f} h" in text and "hover-rl-s0 10% done" in text
+    one = bp.measured_estimate(tmp_path, {**res, "grid": ["math-rl-s0", "hover-fst-s0"]})
+    assert "Left: 1 run ≈" in one and "1 runs" not in one
     cmds = bp.continue_commands(["hover-rl-s0", "hover-fst-s0", "math-gepa-s1-gemma_reflector",
                                  "math-fst-s0-gemma_reflector"])
     assert len(cmds) == 2  # one process per (task, variant) with the modes it lacks, run one after another
