@@ -475,6 +475,9 @@ def test_powered_cost_is_measured_per_task_and_left_runs_are_priced(tmp_path):
     assert f"Left: 3 runs ≈ {left:.0f} h" in text and "hover-rl-s0 10% done" in text
     one = bp.measured_estimate(tmp_path, {**res, "grid": ["math-rl-s0", "hover-fst-s0"]})
     assert "Left: 1 run ≈" in one and "1 runs" not in one
+    small = bp.measured_estimate(tmp_path, {**res, "grid": ["math-rl-s0", "math-gepa-s0"]})
+    minutes = bp.run_hours(c, "math")[0]["gepa"] * 0.8 * 60  # under an hour left: priced in minutes, not "0 h"
+    assert f"Left: 1 run ≈ {max(minutes, 1):.0f} min**" in small and "math-gepa-s0 20% done" in small
     cmds = bp.continue_commands(["hover-rl-s0", "hover-fst-s0", "math-gepa-s1-gemma_reflector",
                                  "math-fst-s0-gemma_reflector"])
     assert len(cmds) == 2  # one process per (task, variant) with the modes it lacks, run one after another
