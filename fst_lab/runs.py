@@ -26,6 +26,7 @@ Layout (human-readable first; JSONL is the source of truth)::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ CONSOLIDATE_DIR = "consolidate"
 CONSOLIDATE_STATE = "consolidate_state.json"
 TEACHER_WEIGHTS = "teacher.safetensors"
 
+log = logging.getLogger(__name__)
+
 
 class RunDirError(FstLabError, ValueError):
     """A run directory is missing, outside the allowed root, or unreadable."""
@@ -64,24 +67,50 @@ class RunDirError(FstLabError, ValueError):
 
 # ---------------------------------------------------------------------------- reads
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """All complete lines of a JSONL file. A torn line (a crash mid-append) is skipped: it is the last line,
-    or, once a resumed run has appended after it, a fragment in the middle (``rundir.append_jsonl``)."""
+    """All complete lines of a JSONL file. A torn line (a crash mid-append, possibly mid-character) is skipped
+    quietly: it is the last line, or, once a resumed run has appended after it, a fragment in the middle
+    (``rundir.append_jsonl``). Any other line that is not a JSON object (a hand edit gone wrong) is skipped too,
+    with one warning naming its file and line."""
     p = Path(path)
     if not p.exists():
         return []
     out = []
-    with open(p, encoding="utf-8") as f:
-        for line in f:
+    with open(p, encoding="utf-8", errors="replace") as f:  # a torn multi-byte character must not sink the file
+        for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except json.JSONDecodeError as err:
+                if not _torn(line, err):
+                    _warn_once(p, lineno, f"not JSON ({err.msg}, column {err.colno})")
                 continue
             if isinstance(obj, dict):
                 out.append(obj)
+            else:
+                _warn_once(p, lineno, f"a JSON {type(obj).__name__}, not an object")
     return out
+
+
+# What a JSON value cut short can end in, from where the decoder stopped: a literal or a number, begun.
+_CUT_LITERAL = re.compile(r"t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?|-?[0-9.eE+-]*")
+_WARNED: set[tuple[str, int, str]] = set()
+
+
+def _torn(line: str, err: json.JSONDecodeError) -> bool:
+    """Whether a line that does not parse is a prefix of one that would: a string or escape left open, or the
+    decoder stopping at the end of the line or inside a value's first characters."""
+    if err.msg.startswith(("Unterminated string", "Invalid \\uXXXX")):
+        return True
+    return _CUT_LITERAL.fullmatch(line[err.pos:]) is not None
+
+
+def _warn_once(path: Path, lineno: int, what: str) -> None:
+    key = (str(path), lineno, what)
+    if key not in _WARNED:  # readers poll (the dashboard): say it once, not at every refresh
+        _WARNED.add(key)
+        log.warning("%s:%d: skipped a line that is %s", path, lineno, what)
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:

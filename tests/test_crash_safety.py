@@ -21,6 +21,7 @@ Run alone: ``pytest tests/test_crash_safety.py -m slow -s`` (prints kills tried 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -260,3 +261,32 @@ def test_a_torn_jsonl_line_never_swallows_the_next_record(tmp_path):
     append_jsonl(p, {"kind": "slow", "rl_step": 2})  # step 2, redone after the resume
     append_jsonl(p, {"kind": "slow", "rl_step": 3})
     assert [r["rl_step"] for r in read_jsonl(p)] == [1, 2, 3]
+
+
+def test_a_torn_line_cut_mid_character_is_skipped_quietly_and_a_bad_hand_edit_is_named(tmp_path, caplog):
+    """A kill can land anywhere in a record's bytes, inside a multi-byte character too: the file stays readable and
+    the fragment is skipped without a word, at every cut. A line that is no prefix of JSON (a hand edit gone wrong)
+    is skipped with one warning naming the file and line, not one per read (the dashboard re-reads)."""
+    from fst_lab.rundir import append_jsonl
+
+    rec = {"kind": "edit", "text": 'Answer "é→中" or 😀 \\ ok', "score": -1.5e-3, "ok": True, "none": None, "l": [1]}
+    whole = json.dumps(rec, ensure_ascii=False).encode()
+    p = tmp_path / "events.jsonl"
+    with caplog.at_level(logging.WARNING, logger="fst_lab.runs"):
+        for cut in range(1, len(whole)):
+            p.write_bytes(b"")
+            append_jsonl(p, {"kind": "start"})
+            with open(p, "ab") as f:
+                f.write(whole[:cut])
+            append_jsonl(p, rec)  # the record, written again after the resume
+            assert read_jsonl(p) == [{"kind": "start"}, rec], cut
+        assert caplog.records == []
+
+        with open(p, "a", encoding="utf-8") as f:
+            f.write('{"kind": "edit", "score": 0.5x}\n[1, 2]\n')
+        append_jsonl(p, {"kind": "stop"})
+        assert read_jsonl(p) == [{"kind": "start"}, rec, {"kind": "stop"}]
+        assert read_jsonl(p)[-1] == {"kind": "stop"}
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"{p}:4: skipped a line that is not JSON (Expecting ',' delimiter, column 30)",
+                    f"{p}:5: skipped a line that is a JSON list, not an object"]
