@@ -90,6 +90,19 @@ def _start_session(cfg, config_path: str | None):
         raise e.located(config_path, field_lines(config_path)) from e
 
 
+def _check_stages(cfg, config_path: str | None) -> None:
+    """Build every stage's task and load its seed harness (both cheap: no model, no torch), an error placed at
+    the line that set the field."""
+    from fst_lab.config import ConfigError, field_lines
+    from fst_lab.schedule import stage_harness, stage_task
+
+    try:
+        for idx in range(len(cfg.stage_list())):
+            stage_harness(cfg, idx, stage_task(cfg, idx))
+    except ConfigError as e:
+        raise e.located(config_path, field_lines(config_path)) from e
+
+
 def _not_a_file(path: str | None, what: str) -> None:
     """A directory we may create later must not already be a file."""
     if path is None:
@@ -134,6 +147,7 @@ def _cmd_run(args) -> int:
             from fst_lab.plan import describe_plan
         except ImportError:
             raise UsageError("run --dry-run: this installation has no fst_lab.plan") from None
+        _check_stages(cfg, args.config)  # a dry run catches a stage's bad task arguments or broken harness too
         print(describe_plan(cfg))
         return 0
     _not_a_file(cfg.runs_root, "runs_root")

@@ -47,7 +47,9 @@ def stage_harness(config: FSTConfig, idx: int, task=None) -> Harness:
     try:
         h = load_named(name)
     except HarnessError as e:
-        raise ConfigError(f"harness for stage {idx} ('{name}'): {e}") from None
+        st = config.stage_list()[idx]
+        where = f"stages[{idx}].harness" if config.stages and st.harness else ("harness" if config.harness else None)
+        raise ConfigError(f"harness for stage {idx} ('{name}'): {e}", path=where) from None
     if task is not None:
         warn_unimplemented(h, task, f"seed harness of stage {idx} ('{name}')")
     return h

@@ -50,6 +50,11 @@ def _setup(tmp: Path) -> None:
     (tmp / "harness.yaml").write_text(_yaml({**SMALL, "harness": "no-such-harness"}))
     (tmp / "bad_harness.yaml").write_text("schema_version: 1\nname: [unclosed\n")
     (tmp / "uses_bad_harness.yaml").write_text(_yaml({**SMALL, "harness": str(tmp / "bad_harness.yaml")}))
+    # what a later stage needs is checked before anything runs, not when the stage starts hours in
+    stages = [{"task": "math", "steps": 2}, {"task": "hover", "steps": 2}]
+    (tmp / "late_harness.yaml").write_text(_yaml({**SMALL, "stages": [stages[0], {**stages[1], "harness": "nope"}]}))
+    (tmp / "late_kwargs.yaml").write_text(_yaml({**SMALL, "stages": [stages[0], {**stages[1],
+                                                                                "task_kwargs": {"n_bogus": 3}}]}))
     (tmp / "dup.jsonl").write_text('{"id": "a", "question": "1+1?", "answer": "2"}\n'
                                    '{"id": "a", "question": "2+2?", "answer": "4"}\n')
     (tmp / "badrow.jsonl").write_text('{"id": "a", "question": "1+1?", "answer": "2"}\n{"id": "b", "question": \n')
@@ -116,6 +121,13 @@ CASES = [
     ("run-dir-exists", ["run", "good.yaml", "--run-name", "good"], ["runs/good", "already"]),
     ("run-dry-run-missing", ["run", "--dry-run", "missing.yaml"], ["missing.yaml", "not found"]),
     ("run-dry-run-typo", ["run", "--dry-run", "typo.yaml"], ["typo.yaml:6:", "fast.budget_pases"]),
+    ("run-dry-run-malformed-harness", ["run", "--dry-run", "uses_bad_harness.yaml"],
+     ["uses_bad_harness.yaml:4: harness:", "bad_harness.yaml:3: invalid YAML"]),
+    ("run-later-stage-harness", ["run", "late_harness.yaml"], ["late_harness.yaml:9: stages[1].harness:", "'nope'"]),
+    ("run-dry-run-later-stage-harness", ["run", "--dry-run", "late_harness.yaml"], ["late_harness.yaml:9:", "'nope'"]),
+    ("run-later-stage-task-kwargs", ["run", "late_kwargs.yaml"], ["late_kwargs.yaml:", "stages[1].task_kwargs:",
+                                                                  "n_bogus"]),
+    ("run-dry-run-later-stage-task-kwargs", ["run", "--dry-run", "late_kwargs.yaml"], ["late_kwargs.yaml:", "n_bogus"]),
     # resume / eval: run directories
     ("resume-no-dir", ["resume", "no/such/run"], ["no/such/run"]),
     ("resume-not-a-run", ["resume", "not_a_run"], ["not_a_run", "config.yaml"]),

@@ -63,8 +63,8 @@ def test_dry_run_plan(path):
 
 
 def test_dry_run_loads_no_model_and_no_torch():
-    code = ("import sys; from fst_lab.config import FSTConfig; from fst_lab.plan import describe_plan; "
-            "print(describe_plan(FSTConfig.load('configs/paper/continual.yaml'))); "
+    code = ("import sys; from fst_lab.cli import main; "  # the CLI's dry run also builds each stage's task, harness
+            "main(['run', '--dry-run', 'configs/paper/continual.yaml']); "
             "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'trl', 'litellm', 'gepa') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
