@@ -42,7 +42,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (raised, so main() prints it like every other error)."""
 
     def error(self, message: str):
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        sub = self.prog.partition(" ")[2]  # main() prints 'fst-lab: error: ' before it; name only a subcommand
+        raise UsageError(f"{sub + ': ' if sub else ''}{message} (see {self.prog} --help)")
 
 
 # ---------------------------------------------------------------------------- argument checks
@@ -332,13 +333,25 @@ def describe(e: BaseException) -> str:
     return one_line(e)
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; an unknown option is named with the subcommand it was given to, whose --help lists the
+    right ones (argparse reports it from the top-level parser)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        cmd = getattr(args, "cmd", None)
+        raise UsageError(f"{cmd + ': ' if cmd else ''}unrecognized arguments: {' '.join(extra)} "
+                         f"(see fst-lab{' ' + cmd if cmd else ''} --help)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (0 ok, 2 bad input, 130 interrupted; a bug raises)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # known before parsing, so that a usage error can show its traceback too
     debug = "--debug" in argv or os.environ.get("FST_LAB_DEBUG", "") not in ("", "0")
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(argv)
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
         if debug:

@@ -163,7 +163,9 @@ CASES = [
     ("app-missing-harness-dir", ["app", "--harness-dir", "no_harnesses"], ["no_harnesses"]),
     ("demo-unknown-task", ["demo", "--task", "chess", "--runs-root", "demo_runs"], ["task", "unknown task 'chess'"]),
     ("demo-runs-root-is-file", ["demo", "--runs-root", "a_file"], ["a_file", "not a directory"]),
-    ("demo-unknown-option", ["demo", "--fast"], ["unrecognized arguments", "--fast"]),
+    ("demo-unknown-option", ["demo", "--fast"], ["demo: unrecognized arguments: --fast", "(see fst-lab demo --help)"]),
+    ("run-unknown-option", ["run", "good.yaml", "--out", "x"], ["run: unrecognized arguments: --out x",
+                                                               "(see fst-lab run --help)"]),
     ("prepare-unknown-model", ["prepare", "--model", "gpt-17"], ["gpt-17", "embedded"]),
     ("no-command", [], ["required"]),
     ("unknown-command", ["trian"], ["trian", "invalid choice"]),
@@ -193,7 +195,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, capsys, argv, 
     assert code == 2, (code, err)
     lines = err.splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith("fst-lab: error: "), lines[0]
+    assert lines[0].startswith("fst-lab: error: ") and not lines[0].startswith("fst-lab: error: fst-lab"), lines[0]
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     assert "Traceback" not in err
