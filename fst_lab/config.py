@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from fst_lab import yamltext
 from fst_lab.errors import ConfigError
 from fst_lab.loop_configs import (CANDIDATE_SELECTIONS, CONSOLIDATE_KL_SUPPORTS, CONSOLIDATE_METHODS,
                                   CONSOLIDATE_STUDENTS, CONSOLIDATE_TEACHERS, LOSS_TYPES, VLLM_MODES,
@@ -387,7 +388,7 @@ class FSTConfig:
         except UnicodeDecodeError as e:
             raise ConfigError(f"not UTF-8 text ({e.reason} at byte {e.start})", source=str(p)) from None
         try:
-            d = yaml.safe_load(text) or {}
+            d = yamltext.safe_load(text) or {}
             lines = _yaml_lines(text)
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from fst_lab import yamltext
 from fst_lab.errors import FstLabError
 
 SCHEMA_VERSION = 1
@@ -122,12 +123,9 @@ class Harness:
         errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
         if errors:
             err = errors[0]
-            fpath = ".".join(str(p) for p in err.absolute_path) or "<root>"
-            line = _line_of(_yaml_text, list(err.absolute_path)) if _yaml_text else None
-            msg = err.message
-            if err.validator == "additionalProperties":
-                msg = f"unknown key: {err.message}"
-            raise HarnessError(msg, source=source, path=fpath, line=line)
+            where, msg = _schema_message(err)
+            line = _line_of(_yaml_text, where) if _yaml_text else None
+            raise HarnessError(msg, source=source, path=".".join(map(str, where)) or "<root>", line=line)
 
         def fail(msg: str, fpath: list) -> None:
             line = _line_of(_yaml_text, fpath) if _yaml_text else None
@@ -187,7 +185,7 @@ class Harness:
                 if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None):
                     raise HarnessError("YAML anchors/aliases are not allowed in harness files", source=source,
                                        line=ev.start_mark.line + 1)
-            data = yaml.safe_load(text)
+            data = yamltext.safe_load(text)
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark else None
@@ -354,7 +352,7 @@ def few_shot_to_text(few_shot: Iterable) -> str:
 
 def few_shot_from_text(text: str) -> list:
     try:
-        data = yaml.safe_load(text) if text.strip() else []
+        data = yamltext.safe_load(text) if text.strip() else []
     except yaml.YAMLError as e:
         raise HarnessError(f"few_shot is not valid YAML: {e}", path="few_shot") from None
     if data is None:
@@ -376,6 +374,32 @@ def _str_representer(dumper: yaml.SafeDumper, value: str):
 
 
 _BlockDumper.add_representer(str, _str_representer)
+
+
+# What the schema's patterns mean, in words (jsonschema would print the regular expression).
+_PATTERN_WORDS = {
+    "^[A-Za-z0-9_.-]+$": "may use only letters, digits, '_', '.' and '-'",
+    "^[A-Za-z_][A-Za-z0-9_]*$": "must be a plain name (letters, digits and '_', not starting with a digit)",
+}
+
+
+def _schema_message(err) -> tuple[list, str]:
+    """Where a schema violation is (the key path, down to an unknown key itself) and what it is, in words."""
+    where = list(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = list(err.schema.get("properties", {}))
+        extra = [k for k in err.instance if k not in known]
+        if extra:
+            close = difflib.get_close_matches(str(extra[0]), known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f" (known keys: {', '.join(known)})"
+            return where + [extra[0]], f"unknown key{hint}"
+    if err.validator == "pattern":
+        if where and where[0] == "evolvable":
+            return where, (f"{err.instance!r} is not an evolvable component (system_prompt, task_template, few_shot "
+                           f"or tool_description_<tool name>)")
+        if err.validator_value in _PATTERN_WORDS:
+            return where, f"{err.instance!r} {_PATTERN_WORDS[err.validator_value]}"
+    return where, err.message
 
 
 def _line_of(text: str | None, path: list) -> int | None:

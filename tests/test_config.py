@@ -188,6 +188,13 @@ def test_bad_config_file_names_file_line_and_field(tmp_path):
     p.write_text("stages:\n  - {task: hover, steps: 2}\n  - task: nope\n")
     with pytest.raises(ConfigError, match=rf"^{p}:3: stages\[1\]\.task: unknown task 'nope'"):
         FSTConfig.load(p)
+    # a key given twice: the later one would silently win over the one a person edited
+    p.write_text("mode: fst\ncycles: 2\nslow:\n  beta: 0.0\n  beta: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:5: invalid YAML: duplicate key 'beta' \(first on line 4\)$"):
+        FSTConfig.load(p)
+    p.write_text("mode: fst\ncycles: 2\nslow:\n  beta: 0.0\ncycles: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:5: invalid YAML: duplicate key 'cycles' \(first on line 2\)$"):
+        FSTConfig.load(p)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["c.yaml"]
 
 

@@ -118,7 +118,19 @@ BAD_CASES = {
     "evolvable_unknown_tool": (_mut("tool_description_search]", "tool_description_lookup]"), "names no tool", True),
     "bad_name": (_mut("name: hover\n", "name: hover harness!\n"), "name", True),
     "top_level_list": ("- a\n- b\n", "top level must be a mapping", True),
+    "unknown_loop_key": (_mut("max_turns: 3", "max_turns: 3\n  temprature: 0.3"),
+                         "field 'loop.temprature': unknown key; did you mean temperature?", True),
+    "evolvable_not_a_component": (_mut("tool_description_search]", "tool_description_search, tools]"),
+                                  "'tools' is not an evolvable component", True),
+    "duplicate_key": (_mut("name: hover\n", "name: hover\nname: hover2\n"), "duplicate key 'name' (first on line",
+                      True),
+    "duplicate_nested_key": (_mut("max_turns: 3", "max_turns: 3\n  max_turns: 4"), "duplicate key 'max_turns'", True),
 }
+
+# the text on the line an error names: the offending key itself, not the mapping that holds it
+ON_LINE = {"unknown_key": "temprature:", "unknown_loop_key": "temprature:", "duplicate_key": "name: hover2",
+           "duplicate_nested_key": "max_turns: 4", "evolvable_not_a_component": "evolvable:",
+           "bad_name": "name: hover harness!", "wrong_type_max_turns": "max_turns: three"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
@@ -138,6 +150,8 @@ def test_bad_harness_files_get_one_clear_error(case, tmp_path):
         # the line points at the offending text
         lines = text.splitlines()
         assert 1 <= ei.value.line <= len(lines)
+        if case in ON_LINE:
+            assert ON_LINE[case] in lines[ei.value.line - 1], (lines[ei.value.line - 1], msg)
     # nothing on disk touched
     assert hashlib.sha256(p.read_bytes()).hexdigest() == before
     assert sorted(x.name for x in tmp_path.iterdir()) == listing

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import yaml
 
+from fst_lab import yamltext
 from fst_lab.app import catalog as C
 from fst_lab.errors import FstLabError
 from fst_lab.harness import Harness, HarnessError
@@ -92,7 +93,7 @@ class Steering:
         if self.busy:
             return "⚠️ a session is working: stop it before starting another one"
         try:
-            d = yaml.safe_load(config_text or "") or {}
+            d = yamltext.safe_load(config_text or "") or {}
         except yaml.YAMLError as e:  # one line, like every other error here
             mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or type(e).__name__
             return f"❌ config:{mark.line + 1}: invalid YAML: {problem}" if mark else f"❌ config: invalid YAML: {problem}"
