@@ -324,6 +324,9 @@ def test_powered_analysis_bands_and_reach():
     fv = a["final_vs_rl"]["fst"]  # running max 0.5 vs 0.4 (seed 0), 0.4 vs 0.6 (seed 1)
     assert fv["per_seed"] == pytest.approx([0.1, -0.2]) and fv["diff"]["mean"] == pytest.approx(-0.05)
     assert fv["better"] == 1 and "gepa" not in a["final_vs_rl"]
+    assert fv["last"]["per_seed"] == pytest.approx([0.1, -0.3])  # last evaluations 0.5 vs 0.4, 0.3 vs 0.6
+    assert fv["mean_evals"]["per_seed"] == pytest.approx([0.15, -0.05])  # (0.5+0.5)/2 - 0.35, 0.35 - 0.4
+    assert fv["mean_evals"]["diff"]["mean"] == pytest.approx(0.05)
     text = bp.markdown({"runs": runs, "analysis": {"default/math": a}, "grid": [r["name"] for r in runs]})
     assert "4 of 4 runs finished" in text and "Missing" not in text
     origins = bp.analyse({"runs": [{**r, "harness_origins": {"seed": 1, "bootstrap": r["seed"] + 1}}
