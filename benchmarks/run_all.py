@@ -533,8 +533,9 @@ evaluations of 0.625 (FST seed 1's last, seed 4's at RL step 12), each at the ed
 both cores of a 2-core AMD EPYC, RL steps 115–191 s, part of it beside the test suite): 0.469 → 0.484 → 0.500 →
 0.484 → 0.500 → 0.500, answering SUPPORTED to 66% → 66% → 72% → 98% → **100%** → **100%** of the claims — all five
 RL-only HoVer seeds end on one answer (top-answer share 99.7% [99.1, 100]) at the 0.5 floor; its RL rollouts:
-training reward 0.19 → 0.40, no parsable answer 69% → 19%. **FST seed 4** (sessions 16–17, 5,516 s on the same 2-core AMD EPYC; stopped by `--deadline` at RL step
-19 at the end of session 16 and resumed from its run directory in session 17 — the resume path at full size): 0.469 → 0.516 → 0.625 → 0.594 → 0.500 → 0.484, answering SUPPORTED to 66% → 58% → 62% → 62% → 100% → 98%
+training reward 0.19 → 0.40, no parsable answer 69% → 19%. **FST seed 4** (5,516 s on the same 2-core AMD EPYC in three segments: two in session 16,
+the second stopped by `--deadline` at RL step 19, and one in session 17 that resumed from the run directory — the
+resume path at full size): 0.469 → 0.516 → 0.625 → 0.594 → 0.500 → 0.484, answering SUPPORTED to 66% → 58% → 62% → 62% → 100% → 98%
 of the claims; running max 0.625; ablation base+seed / base+evolved / trained+seed / trained+evolved 0.469 / 0.531 / 0.500 / 0.484; RL
 rollouts: training reward 0.15 → 0.38, no parsable answer 70% → 23%. At the final
 evaluation FST's top-answer share is 87% [73%, 97%] (3 of 5 seeds on one answer), RL-only's 99.7%. Session 15's three runs (one process at a time on both
