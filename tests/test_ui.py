@@ -470,3 +470,13 @@ def test_reward_plot_says_how_each_curve_was_sampled():
     assert "validation (running max, temperature 0.7)" in labels([{**ev, "k": 4, "temperature": 0.7}])
     assert "validation (running max)" in labels([ev, {**ev, "temperature": 0.7}])  # mixed: no claim
     assert "validation (running max)" in labels([{k: v for k, v in ev.items() if k != "temperature"}])
+
+
+def test_reward_plot_shows_each_evaluation_beside_the_running_max():
+    """A run whose validation peaks and then drops: the running max alone would show the peak as where it ended."""
+    from fst_lab.ui import plots
+
+    ev = [{"kind": "eval", "reward": r, "samples": 32 * i, "n": 64, "k": 1} for i, r in enumerate([0.5, 0.625, 0.48])]
+    lines = {ln.get_label(): ln for ln in plots.curve_figures(ev)[0].axes[0].get_lines()}
+    assert list(lines["validation (running max)"].get_ydata()) == [0.5, 0.625, 0.625]
+    assert list(lines["validation (each evaluation)"].get_ydata()) == [0.5, 0.625, 0.48]

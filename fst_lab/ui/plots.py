@@ -103,8 +103,9 @@ def draw_floor(ax, floor: float, *, color: str = "#777", prefix: str = "") -> No
 
 def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None, name: str = "",
                            floor: bool = True) -> bool:
-    """Training reward per RL step, validation running max, GEPA's best on its own window, vs samples; and, where
-    the evaluations recorded it, what one constant answer scores on the validation set (a dotted line)."""
+    """Training reward per RL step, validation (each evaluation, and its running max), GEPA's best on its own
+    window, vs samples; and, where the evaluations recorded it, what one constant answer scores on the validation
+    set (a dotted line)."""
     recs = R.normalize_all(recs)
     prefix = f"{name}: " if name else ""
     drew = False
@@ -116,8 +117,11 @@ def draw_reward_vs_samples(ax, recs: Sequence[dict], *, color: str | None = None
     xs, ys = R.series(recs, R.EVAL, "reward")
     if xs:
         pts = sorted(zip(xs, ys))
-        ax.plot([p[0] for p in pts], R.running_max([p[1] for p in pts]), "o-", lw=2, ms=7, mfc="white",
+        ax.plot([p[0] for p in pts], R.running_max([p[1] for p in pts]), "-", lw=2, drawstyle="steps-post",
                 color=color or VAL_COLOR, label=f"{prefix}validation (running max{_sampling(recs)})")
+        # each evaluation as it scored: a running max hides a late drop and rewards evaluations that scatter
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=7, mfc="white", mew=1.5, color=color or VAL_COLOR,
+                label=f"{prefix}validation (each evaluation)")
         drew = True
         value = R.constant_floor(R.latest(recs, R.EVAL, "constant_floor"))
         if floor and value is not None:
