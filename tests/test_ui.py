@@ -368,6 +368,8 @@ def test_result_summary_calls_out_a_reward_a_constant_answer_earns(tmp_path):
           "answer_unparsed": 0.0, "constant_floor": 0.5}
     line = render.result_summary([{"kind": "eval", "reward": 0.56, "samples": 0}, ev])
     assert "⚠ last evaluation gave one answer: 100% 'SUPPORTED' (a constant answer scores 0.500)" in line
+    mostly = render.result_summary([{**ev, "answer_top_share": 0.98}])
+    assert "⚠ last evaluation gave mostly one answer: 98% 'SUPPORTED'" in mostly  # not "one answer" at 98%
     varied = {**ev, "reward": 0.7, "answer_top_share": render.COLLAPSE_SHARE - 0.05}
     assert "one answer" not in render.result_summary([varied])
     assert render.answers_text({**ev, "answer_top": None, "answer_top_share": 0.0}) == "no answer parsed"

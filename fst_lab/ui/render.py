@@ -118,8 +118,8 @@ def answers_text(rec: Mapping[str, Any] | None) -> str | None:
 
 def answers_warning(rec: Mapping[str, Any] | None) -> str | None:
     """What is wrong with an evaluation, when its reward says nothing of skill: it "parsed no answer in 95% of
-    examples", "gave one answer: 100% 'SUPPORTED' (…)", or "scored 0.469, within 2 standard errors (±0.125) of
-    a constant answer's 0.500" (the standard error of a mean over ``n`` examples at most ``sqrt(r(1 - r) / n)``
+    examples", "gave one answer: 100% 'SUPPORTED' (…)" ("mostly one answer" below 100%), or "scored 0.469,
+    within 2 standard errors (±0.125) of a constant answer's 0.500" (the standard error of a mean over ``n`` examples at most ``sqrt(r(1 - r) / n)``
     for rewards in [0, 1]); None when it is clear of all three, or the record lacks the statistics."""
     rec = rec or {}
     num = lambda key: rec.get(key) if isinstance(rec.get(key), (int, float)) else None  # noqa: E731
@@ -128,7 +128,7 @@ def answers_warning(rec: Mapping[str, Any] | None) -> str | None:
     if unparsed is not None and unparsed >= COLLAPSE_SHARE:
         return f"parsed no answer in {unparsed:.0%} of examples"
     if share is not None and share >= COLLAPSE_SHARE:
-        return f"gave one answer: {answers_text(rec)}"
+        return f"gave {'one answer' if share >= 1 else 'mostly one answer'}: {answers_text(rec)}"
     if None not in (reward, floor, n) and n > 0 and 0.0 <= reward <= 1.0:
         band = 2 * (reward * (1 - reward) / n) ** 0.5
         if abs(reward - floor) <= band:
