@@ -120,7 +120,8 @@ def answers_warning(rec: Mapping[str, Any] | None) -> str | None:
     """What is wrong with an evaluation, when its reward says nothing of skill: it "parsed no answer in 95% of
     examples", "gave one answer: 100% 'SUPPORTED' (…)" ("mostly one answer" below 100%), or "scored 0.469,
     within 2 standard errors (±0.125) of a constant answer's 0.500" (the standard error of a mean over ``n``
-    examples at most ``sqrt(r(1 - r) / n)`` for rewards in [0, 1]); None when it is clear of all three, or the record lacks the statistics."""
+    examples at most ``sqrt(r(1 - r) / n)`` for rewards in [0, 1]); None when it is clear of all three, or the
+    record lacks the statistics."""
     rec = rec or {}
     num = lambda key: rec.get(key) if isinstance(rec.get(key), (int, float)) else None  # noqa: E731
     unparsed, share, reward, n = (num(k) for k in ("answer_unparsed", "answer_top_share", "reward", "n"))
