@@ -961,9 +961,9 @@ def measured_estimate(root: Path, res: dict | None = None) -> str | None:
         cpu = sum(hours.get(n.split("-")[0], {}).get(n.split("-")[1], 0) * f for n, f in left)
         if left:
             cost = f"{cpu:.0f} h" if cpu >= 1 else f"{max(cpu * 60, 1):.0f} min"
-            text += (f" **Left: {len(left)} run{'' if len(left) == 1 else 's'} ≈ {cost}** at these speeds" + (": in progress " + ", ".join(
-                         f"{n} {1 - f:.0%} done" for n, f in left if f < 1) if any(f < 1 for _, f in left) else "")
-                     + ".")
+            doing = [f"{n} {1 - f:.0%} done" for n, f in left if f < 1]
+            text += (f" **Left: {len(left)} run{'' if len(left) == 1 else 's'} ≈ {cost}** at these speeds"
+                     + (": in progress " + ", ".join(doing) if doing else "") + ".")
     return text
 
 
