@@ -337,6 +337,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     """Parse ``argv``; an unknown option is named with the subcommand it was given to, whose --help lists the
     right ones (argparse reports it from the top-level parser)."""
     parser = build_parser()
+    for tok in argv:  # an unknown option before the command: argparse would only say the command is missing
+        if not tok.startswith("-"):
+            break
+        if tok not in ("-h", "--help", "--debug"):
+            raise UsageError(f"unrecognized arguments: {tok} (see fst-lab --help)")
     args, extra = parser.parse_known_args(argv)
     if extra:
         cmd = getattr(args, "cmd", None)

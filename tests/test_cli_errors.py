@@ -168,6 +168,8 @@ CASES = [
                                                                "(see fst-lab run --help)"]),
     ("prepare-unknown-model", ["prepare", "--model", "gpt-17"], ["gpt-17", "embedded"]),
     ("no-command", [], ["required"]),
+    ("unknown-option-before-command", ["--bogus", "run", "good.yaml"], ["unrecognized arguments: --bogus",
+                                                                        "(see fst-lab --help)"]),
     ("unknown-command", ["trian"], ["trian", "invalid choice"]),
 ]
 
