@@ -80,7 +80,8 @@ class Session:
         self.task = self._make_task(0)
         self.seed_harness = stage_harness(self.config, 0, self.task)
         for idx in range(1, len(self.stages)):  # a later stage's task or harness that won't load: now, not hours in
-            stage_harness(self.config, idx, self._make_task(idx))
+            self._make_task(idx)
+            stage_harness(self.config, idx)  # (its tool warning, if any, comes when the stage starts)
         name = config.run_name or f"{config.mode}-{self.stages[0].task}-{datetime.now():%Y%m%d-%H%M%S}"
         self.run_dir = Path(run_dir) if run_dir is not None else Path(config.runs_root) / name
         self.rundir = RunDir(self.run_dir)
