@@ -125,7 +125,7 @@ class Harness:
             err = errors[0]
             where, msg = _schema_message(err)
             line = _line_of(_yaml_text, where) if _yaml_text else None
-            raise HarnessError(msg, source=source, path=".".join(map(str, where)) or "<root>", line=line)
+            raise HarnessError(msg, source=source, path=".".join(map(str, where)) or None, line=line)
 
         def fail(msg: str, fpath: list) -> None:
             line = _line_of(_yaml_text, fpath) if _yaml_text else None
@@ -393,6 +393,10 @@ def _schema_message(err) -> tuple[list, str]:
             close = difflib.get_close_matches(str(extra[0]), known, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else f" (known keys: {', '.join(known)})"
             return where + [extra[0]], f"unknown key{hint}"
+    if err.validator == "required":  # jsonschema: "'x' is a required property"
+        missing = [k for k in err.validator_value if isinstance(err.instance, dict) and k not in err.instance]
+        if missing:
+            return where, f"missing required key '{missing[0]}'"
     if err.validator == "pattern":
         if where and where[0] == "evolvable":
             return where, (f"{err.instance!r} is not an evolvable component (system_prompt, task_template, few_shot "

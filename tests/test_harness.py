@@ -125,6 +125,9 @@ BAD_CASES = {
     "duplicate_key": (_mut("name: hover\n", "name: hover\nname: hover2\n"), "duplicate key 'name' (first on line",
                       True),
     "duplicate_nested_key": (_mut("max_turns: 3", "max_turns: 3\n  max_turns: 4"), "duplicate key 'max_turns'", True),
+    "tool_missing_description": (_mut("    description: Look up an entity in the encyclopedia and return the facts "
+                                      "known about it.\n", ""),
+                                 "field 'tools.0.function': missing required key 'description'", True),
 }
 
 # the text on the line an error names: the offending key itself, not the mapping that holds it
