@@ -42,7 +42,8 @@ def summary_rows(run_dirs: Sequence[str | Path]) -> list[dict]:
 def proposal_summary(proposals: list[dict]) -> dict[str, str | None]:
     """What the fast loop's two operators achieved: ``reflections``: "A accepted, V valid of N" (valid: a
     harness GEPA scored on its minibatch, accepted or not; the rest were unusable replies or failed calls), with
-    the commonest reason a reply was unusable ("; 5 no fenced block"), and ``bootstraps``: "A accepted of N".
+    why the unusable replies were ("; 5 no fenced block, 3 cut off at the token limit, 1 other": the two commonest
+    reasons, the rest counted), and ``bootstraps``: "A accepted of N".
     None for a run without GEPA rounds. A run whose reflections are all unusable evolves its harness by
     bootstrapped demos alone: this is where a user sees it, and why."""
     from collections import Counter
@@ -57,9 +58,13 @@ def proposal_summary(proposals: list[dict]) -> dict[str, str | None]:
         acc = sum(p.get("status") == "accepted" for p in ps)
         valid = sum(p.get("status") in ("accepted", "rejected") for p in ps)
         out[key] = f"{acc} accepted, {valid} valid of {len(ps)}" if op == "reflect" else f"{acc} accepted of {len(ps)}"
-        why = Counter(p.get("reason") or invalid_reason(p.get("detail") or "") for p in ps if p.get("status") == "invalid")
-        if op == "reflect" and why:
-            out[key] += "; {1} {0}".format(*why.most_common(1)[0])
+        why = Counter(p.get("reason") or invalid_reason(p.get("detail") or "")
+                      for p in ps if p.get("status") == "invalid")
+        why.update("no change" for p in ps if p.get("status") == "noop")  # the reply was the current text back
+        if op == "reflect" and why:  # the two commonest reasons by name, the rest counted, so they add up
+            top = why.most_common(2)
+            rest = sum(why.values()) - sum(n for _, n in top)
+            out[key] += "; " + ", ".join(f"{n} {r}" for r, n in top) + (f", {rest} other" if rest else "")
     return out
 
 

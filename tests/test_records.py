@@ -143,13 +143,18 @@ def test_proposals_are_read_from_each_round_and_summarised_for_compare(run_dir, 
     write("round_0001", 1, [prop("bootstrap", "accepted"), prop("reflect", "invalid", reason="no fenced block"),
                             prop("reflect", "rejected")])
     write("round_0002", 2, [prop("bootstrap", "rejected"), prop("reflect", "accepted")])
+    write("round_0003", 3, [prop("reflect", "invalid", reason=r) for r in
+                            ("no fenced block", "empty block", "cut off at the token limit", "no fenced block")]
+          + [prop("reflect", "noop")])
     write("round_0002.stale-1", 2, [prop("reflect", "accepted")] * 5)  # scores from other weights: not read
     view = load_run(d)
     assert [(p["round"], p["operator"], p["status"]) for p in view.proposals()] == [
         (1, "bootstrap", "accepted"), (1, "reflect", "invalid"), (1, "reflect", "rejected"),
-        (2, "bootstrap", "rejected"), (2, "reflect", "accepted")]
-    row = summary_rows([d])[0]
-    assert row["reflections"] == "1 accepted, 2 valid of 3; 1 no fenced block" and row["bootstraps"] == "1 accepted of 2"
+        (2, "bootstrap", "rejected"), (2, "reflect", "accepted")] + [(3, "reflect", "invalid")] * 4 + [
+        (3, "reflect", "noop")]
+    row = summary_rows([d])[0]  # every unusable reply accounted for: the two commonest by name, the rest counted
+    assert row["reflections"] == "1 accepted, 2 valid of 8; 3 no fenced block, 1 empty block, 2 other"
+    assert row["bootstraps"] == "1 accepted of 2"
     shutil.rmtree(d / "fast")
     assert summary_rows([d])[0]["reflections"] is None  # RL-only: no rounds, no claim
 
